@@ -1,0 +1,436 @@
+//! The `glowd` command line. Each subcommand is a thin shell over the library; errors that concern one input
+//! file are reported on one line and the other files still run (exit status 1 at the end).
+use crate::imageio::{self, Fit, Pixels};
+use crate::model::batch::{pixels_to_tensor, tensor_to_pixels};
+use crate::model::device::{device_name, parse_device};
+use crate::model::latents_file::{read_latents, write_latents};
+use crate::model::{Glow, GlowConfig};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tch::{Device, Tensor};
+
+#[derive(Parser)]
+#[command(name = "glowd", version, about = "Glow flow model: encode, decode, sample and evaluate images exactly")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Runtime {
+    /// cpu, cuda, cuda:N or auto (cuda when available)
+    #[arg(long, default_value = "cpu", global = true)]
+    device: String,
+    /// CPU threads for torch (0: torch's default)
+    #[arg(long, default_value_t = 0, global = true)]
+    threads: i32,
+}
+
+#[derive(Args, Clone)]
+struct FitArgs {
+    /// Centre-crop to a square and resize images to the model size (otherwise a wrong size is an error)
+    #[arg(long)]
+    resize: bool,
+    /// Crop box left,top,right,bottom applied before resizing (CelebA faces: 10,25,80,95)
+    #[arg(long, value_parser = parse_crop)]
+    crop: Option<(u32, u32, u32, u32)>,
+}
+
+impl FitArgs {
+    fn fit(&self) -> Fit {
+        Fit { crop: self.crop, resize: self.resize || self.crop.is_some() }
+    }
+}
+
+fn parse_crop(s: &str) -> Result<(u32, u32, u32, u32), String> {
+    let v: Vec<u32> = s
+        .split(',')
+        .map(|x| x.trim().parse::<u32>().map_err(|e| format!("`{x}`: {e}")))
+        .collect::<Result<_, _>>()?;
+    match v.as_slice() {
+        [l, t, r, b] => Ok((*l, *t, *r, *b)),
+        _ => Err("expected four numbers: left,top,right,bottom".into()),
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create and inspect model folders
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+    /// Encode images to latents (`<stem>.safetensors` in --out) and print a JSON line per image with bits/dim
+    Encode {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Images per forward pass
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[command(flatten)]
+        fit: FitArgs,
+        #[command(flatten)]
+        runtime: Runtime,
+    },
+    /// Decode latent files to images (`<stem>.png` in --out)
+    Decode {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(required = true)]
+        latents: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        runtime: Runtime,
+    },
+    /// Draw samples from the model into one grid image
+    Sample {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(short = 'n', long, default_value_t = 16)]
+        n: i64,
+        /// Temperature: one value for every level, or one per level (finest first), comma-separated
+        #[arg(long, default_value = "0.7", value_delimiter = ',')]
+        temperature: Vec<f64>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Grid columns (default: square-ish)
+        #[arg(long)]
+        cols: Option<usize>,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        runtime: Runtime,
+    },
+    /// Bits per dimension of every image in a folder (and their mean)
+    Eval {
+        #[arg(long)]
+        model: PathBuf,
+        folder: PathBuf,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[command(flatten)]
+        fit: FitArgs,
+        #[command(flatten)]
+        runtime: Runtime,
+    },
+    /// Tile images into one picture (rows of --cols), e.g. originals above their reconstructions
+    Grid {
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        #[arg(long, default_value_t = 8)]
+        cols: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Compare the pixels of image pairs (a1 b1 a2 b2 ...): prints the differences, exit 1 if any pair differs
+    Compare {
+        #[arg(required = true, num_args = 2..)]
+        pairs: Vec<PathBuf>,
+    },
+    /// Encode/decode throughput on a preset with random weights, and this machine's convolution throughput
+    Bench {
+        #[arg(long, default_value = "glow-64")]
+        preset: String,
+        #[arg(long = "set")]
+        set: Vec<String>,
+        #[arg(long, default_value_t = 8)]
+        batch: i64,
+        /// Timed iterations of each direction (after one warm-up)
+        #[arg(long, default_value_t = 3)]
+        iters: usize,
+        #[command(flatten)]
+        runtime: Runtime,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// A new model from a preset, with random weights and ActNorm initialised on a batch of images
+    Init {
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        /// Override a config field, e.g. --set steps=2 --set hidden=64 --set coupling=additive
+        #[arg(long = "set")]
+        set: Vec<String>,
+        /// Folder of images for the data-dependent ActNorm initialisation
+        #[arg(long)]
+        data: PathBuf,
+        /// Images used for that initialisation
+        #[arg(long, default_value_t = 64)]
+        init_batch: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        fit: FitArgs,
+        #[command(flatten)]
+        runtime: Runtime,
+    },
+    /// Print a model folder's config and size
+    Info { dir: PathBuf },
+}
+
+fn setup(runtime: &Runtime) -> Result<Device> {
+    if runtime.threads > 0 {
+        tch::set_num_threads(runtime.threads);
+    }
+    Ok(parse_device(&runtime.device)?)
+}
+
+pub fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GLOWD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(failed) => {
+            eprintln!("glowd: {failed} input(s) failed");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("glowd: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs a command; returns how many inputs failed.
+fn run(cli: Cli) -> Result<usize> {
+    match cli.command {
+        Command::Model { command: ModelCommand::Init { preset, set, data, init_batch, seed, out, fit, runtime } } => {
+            let device = setup(&runtime)?;
+            let mut config = GlowConfig::preset(&preset)?;
+            for s in &set {
+                config.set(s)?;
+            }
+            let files = imageio::list_images(&data);
+            if files.is_empty() {
+                bail!("{}: no images (png, jpg, jpeg, webp) found", data.display());
+            }
+            let (images, failed) = load_images(&files, &config, fit.fit(), init_batch);
+            if images.is_empty() {
+                bail!("{}: none of the images could be used", data.display());
+            }
+            let mut glow = Glow::new(config, device, seed)?;
+            glow.initialize_actnorm(&pixels_to_tensor(&images.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>()))?;
+            glow.save(&out)?;
+            eprintln!(
+                "wrote {} ({} parameters, ActNorm initialised on {} images)",
+                out.display(),
+                glow.parameter_count(),
+                images.len()
+            );
+            Ok(failed)
+        }
+        Command::Model { command: ModelCommand::Info { dir } } => {
+            let config = Glow::read_config(&dir)?;
+            let glow = Glow::load(&dir, Device::Cpu)?;
+            println!("{}", serde_json::to_string_pretty(&config)?);
+            println!("parameters: {}", glow.parameter_count());
+            println!("actnorm initialised: {}", glow.actnorm_initialized());
+            for (i, (c, h, w)) in config.latent_shapes().iter().enumerate() {
+                println!("latent level {i}: {c}x{h}x{w}");
+            }
+            Ok(0)
+        }
+        Command::Encode { model, images, out, batch, fit, runtime } => {
+            let device = setup(&runtime)?;
+            let glow = Glow::load(&model, device)?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let (loaded, mut failed) = load_images(&images, &glow.config, fit.fit(), usize::MAX);
+            for chunk in loaded.chunks(batch.max(1)) {
+                let pixels: Vec<Pixels> = chunk.iter().map(|(_, p)| p.clone()).collect();
+                let latents = glow.encode(&pixels_to_tensor(&pixels))?;
+                let bpd = latents.bits_per_dim(&glow.config);
+                for (i, (path, _)) in chunk.iter().enumerate() {
+                    let target = out.join(format!("{}.safetensors", stem(path)));
+                    let one = latents.select(i as i64);
+                    match write_latents(&target, &one.z, bpd[i]) {
+                        Ok(()) => println!(
+                            "{}",
+                            serde_json::json!({
+                                "file": path.display().to_string(),
+                                "latents": target.display().to_string(),
+                                "bits_per_dim": bpd[i],
+                            })
+                        ),
+                        Err(e) => {
+                            eprintln!("{e}");
+                            failed += 1;
+                        }
+                    }
+                }
+            }
+            Ok(failed)
+        }
+        Command::Decode { model, latents, out, runtime } => {
+            let device = setup(&runtime)?;
+            let glow = Glow::load(&model, device)?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let mut failed = 0;
+            for path in &latents {
+                let result = read_latents(path, &glow.config).and_then(|z| glow.decode(&z));
+                match result {
+                    Ok(pixels) => {
+                        let target = out.join(format!("{}.png", stem(path)));
+                        let img = imageio::pixels_to_image(&tensor_to_pixels(&pixels)[0]);
+                        if let Err(e) = imageio::save_png(&img, &target) {
+                            eprintln!("{e}");
+                            failed += 1;
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        failed += 1;
+                    }
+                }
+            }
+            Ok(failed)
+        }
+        Command::Sample { model, n, temperature, seed, cols, out, runtime } => {
+            let device = setup(&runtime)?;
+            let glow = Glow::load(&model, device)?;
+            let temps = per_level(&temperature, glow.config.levels as usize)?;
+            let pixels = glow.sample(n, &temps, seed)?;
+            let cols = cols.unwrap_or_else(|| (n as f64).sqrt().ceil() as usize);
+            imageio::save_png(&imageio::grid(&tensor_to_pixels(&pixels), cols), &out)?;
+            eprintln!("wrote {} ({n} samples, temperatures {temps:?}, seed {seed})", out.display());
+            Ok(0)
+        }
+        Command::Eval { model, folder, batch, fit, runtime } => {
+            let device = setup(&runtime)?;
+            let glow = Glow::load(&model, device)?;
+            let files = if folder.is_dir() { imageio::list_images(&folder) } else { vec![folder.clone()] };
+            let (loaded, failed) = load_images(&files, &glow.config, fit.fit(), usize::MAX);
+            let mut all = Vec::new();
+            for chunk in loaded.chunks(batch.max(1)) {
+                let pixels: Vec<Pixels> = chunk.iter().map(|(_, p)| p.clone()).collect();
+                let bpd = glow.encode(&pixels_to_tensor(&pixels))?.bits_per_dim(&glow.config);
+                for ((path, _), b) in chunk.iter().zip(bpd) {
+                    println!("{}", serde_json::json!({"file": path.display().to_string(), "bits_per_dim": b}));
+                    all.push(b);
+                }
+            }
+            if !all.is_empty() {
+                let mean = all.iter().sum::<f64>() / all.len() as f64;
+                println!("{}", serde_json::json!({"images": all.len(), "mean_bits_per_dim": mean}));
+            }
+            Ok(failed)
+        }
+        Command::Grid { images, cols, out } => {
+            let mut tiles = Vec::new();
+            let mut failed = 0;
+            for path in &images {
+                let loaded = image::open(path)
+                    .map_err(|e| imageio::ImageError::Unreadable { path: path.clone(), message: e.to_string() })
+                    .and_then(|img| {
+                        let side = img.width().min(img.height());
+                        imageio::image_to_pixels(img, path, 3, side, Fit { crop: None, resize: true })
+                    });
+                match loaded {
+                    Ok(p) if tiles.first().is_none_or(|f: &Pixels| f.size == p.size) => tiles.push(p),
+                    Ok(_) => {
+                        eprintln!("{}: not the size of the first image, skipped", path.display());
+                        failed += 1;
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        failed += 1;
+                    }
+                }
+            }
+            if tiles.is_empty() {
+                bail!("no image could be read");
+            }
+            imageio::save_png(&imageio::grid(&tiles, cols), &out)?;
+            Ok(failed)
+        }
+        Command::Compare { pairs } => {
+            if pairs.len() % 2 != 0 {
+                bail!("give images in pairs (a1 b1 a2 b2 ...), got {}", pairs.len());
+            }
+            let mut differing = 0;
+            for pair in pairs.chunks(2) {
+                let read = |p: &PathBuf| image::open(p).with_context(|| format!("{}", p.display()));
+                let (a, b) = (read(&pair[0])?.to_rgba8(), read(&pair[1])?.to_rgba8());
+                let same_size = a.dimensions() == b.dimensions();
+                let diffs = if same_size {
+                    a.as_raw().iter().zip(b.as_raw()).filter(|(x, y)| x != y).count()
+                } else {
+                    usize::MAX
+                };
+                if diffs != 0 {
+                    differing += 1;
+                    let what = if same_size { format!("{diffs} values differ") } else { "sizes differ".into() };
+                    println!("{} vs {}: {what}", pair[0].display(), pair[1].display());
+                }
+            }
+            println!("{} of {} pairs identical", pairs.len() / 2 - differing, pairs.len() / 2);
+            Ok(differing)
+        }
+        Command::Bench { preset, set, batch, iters, runtime } => {
+            let device = setup(&runtime)?;
+            let mut config = GlowConfig::preset(&preset)?;
+            for s in &set {
+                config.set(s)?;
+            }
+            println!("device {} threads {}", device_name(device), tch::get_num_threads());
+            crate::bench::run(&config, device, batch, iters)?;
+            Ok(0)
+        }
+    }
+}
+
+fn per_level(values: &[f64], levels: usize) -> Result<Vec<f64>> {
+    match values.len() {
+        1 => Ok(vec![values[0]; levels]),
+        n if n == levels => Ok(values.to_vec()),
+        n => bail!("{n} temperatures given: give one, or one per level ({levels})"),
+    }
+}
+
+fn stem(path: &Path) -> String {
+    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into())
+}
+
+/// Loads up to `limit` usable images, reporting each unusable one on its own line; returns them and the count of
+/// failures.
+fn load_images(files: &[PathBuf], config: &GlowConfig, fit: Fit, limit: usize) -> (Vec<(PathBuf, Pixels)>, usize) {
+    let mut ok = Vec::new();
+    let mut failed = 0;
+    for path in files {
+        if ok.len() >= limit {
+            break;
+        }
+        match imageio::load_image(path, config.channels as u8, config.image_size as u32, fit) {
+            Ok(p) => ok.push((path.clone(), p)),
+            Err(e) => {
+                eprintln!("{e}");
+                failed += 1;
+            }
+        }
+    }
+    (ok, failed)
+}
+
+/// Used by tests: a batch tensor from files.
+pub fn load_batch(files: &[PathBuf], config: &GlowConfig, fit: Fit) -> Result<Tensor> {
+    let (images, failed) = load_images(files, config, fit, usize::MAX);
+    if failed > 0 || images.is_empty() {
+        bail!("{failed} of {} images failed to load", files.len());
+    }
+    Ok(pixels_to_tensor(&images.into_iter().map(|(_, p)| p).collect::<Vec<_>>()))
+}

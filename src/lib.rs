@@ -1,0 +1,13 @@
+//! glowd: Glow (Kingma & Dhariwal 2018) as infrastructure.
+//!
+//! Map of the crate:
+//! - [`model`]: the flow itself on tch: layers (`actnorm`, `invconv`, `coupling`, `zero_conv`), `flow_step`,
+//!   the multi-scale `glow` (encode / decode / sample), `config` presets and `weights` files. It names no tokio,
+//!   Kafka or S3 type.
+//! - [`imageio`]: reading images into the model's u8 planes and writing PNGs and grids.
+//! - [`cli`]: the `glowd` command line; `main.rs` only calls [`cli::main`].
+//! - [`bench`]: the `glowd bench` throughput figures.
+pub mod bench;
+pub mod cli;
+pub mod imageio;
+pub mod model;
