@@ -21,6 +21,21 @@ fn u8_images_round_trip_bit_for_bit() {
 }
 
 #[test]
+fn both_memory_layouts_give_the_same_latents_and_round_trip() {
+    let mut glow = ready_model(tiny(&[]), 21);
+    let pixels = random_pixels(3, 3, 32, 22);
+    glow.prepare_inference_with(glowd::model::Layout::Contiguous);
+    let a = glow.encode(&pixels).unwrap();
+    assert_eq!(glow.decode(&a.z).unwrap(), pixels);
+    glow.prepare_inference_with(glowd::model::Layout::ChannelsLast);
+    let b = glow.encode(&pixels).unwrap();
+    assert_eq!(glow.decode(&b.z).unwrap(), pixels);
+    for (za, zb) in a.z.iter().zip(&b.z) {
+        assert!(max_abs_diff(za, zb) < 1e-5);
+    }
+}
+
+#[test]
 fn float_reverse_of_forward_is_within_1e4() {
     let glow = ready_model(tiny(&[]), 3);
     tch::manual_seed(4);

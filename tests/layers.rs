@@ -5,7 +5,7 @@ use glowd::model::actnorm::ActNorm;
 use glowd::model::coupling::Coupling;
 use glowd::model::flow_step::FlowStep;
 use glowd::model::invconv::InvConv;
-use glowd::model::{CouplingKind, ZeroConvPadding};
+use glowd::model::{CouplingKind, Layout, ZeroConvPadding};
 use tch::{nn, Device, Kind, Tensor};
 
 fn input(c: i64, s: i64, seed: i64) -> Tensor {
@@ -107,13 +107,15 @@ fn couplings_invert_and_their_logdets_are_exact() {
             perturb_vs(&vs, 8, 0.1);
             let name = format!("coupling {kind:?} {padding:?}");
             check_layer(&name, 12, |x| layer.forward(x), |y| layer.reverse(y));
-            let folded = layer.folded();
-            check_layer(&format!("folded {name}"), 12, |x| folded.forward(x), |y| folded.reverse(y));
-            let x = input(12, 4, 3);
-            let a = tch::no_grad(|| layer.forward(&x));
-            let b = tch::no_grad(|| folded.forward(&x));
-            assert!(max_abs_diff(&a.0, &b.0) < 1e-5, "{name}: folded form differs");
-            assert!(max_abs_diff(&a.1, &b.1) < 1e-4, "{name}: folded logdet differs");
+            for layout in [Layout::Contiguous, Layout::ChannelsLast] {
+                let folded = layer.folded(layout);
+                let x = layout.apply(&input(12, 4, 3));
+                check_layer(&format!("folded {name}"), 12, |x| folded.forward(x), |y| folded.reverse(y));
+                let a = tch::no_grad(|| layer.forward(&x));
+                let b = tch::no_grad(|| folded.forward(&x));
+                assert!(max_abs_diff(&a.0, &b.0) < 1e-5, "{name} {layout:?}: folded form differs");
+                assert!(max_abs_diff(&a.1, &b.1) < 1e-4, "{name} {layout:?}: folded logdet differs");
+            }
         }
     }
 }
@@ -129,13 +131,15 @@ fn flow_steps_invert_in_both_forms() {
         step.actnorm.initialize(&input(12, 4, 12));
         perturb_vs(&vs, 13, 0.05);
         check_layer("flow step", 12, |x| step.forward(x, false), |y| step.reverse(y));
-        let folded = step.folded();
-        check_layer("folded flow step", 12, |x| folded.forward(x), |y| folded.reverse(y));
-        let x = input(12, 4, 14);
-        let (a, la) = tch::no_grad(|| step.forward(&x, false));
-        let (b, lb) = tch::no_grad(|| folded.forward(&x));
-        assert!(max_abs_diff(&a, &b) < 1e-5);
-        assert!(max_abs_diff(&la, &lb) < 1e-3);
+        for layout in [Layout::Contiguous, Layout::ChannelsLast] {
+            let folded = step.folded(layout);
+            check_layer("folded flow step", 12, |x| folded.forward(x), |y| folded.reverse(y));
+            let x = layout.apply(&input(12, 4, 14));
+            let (a, la) = tch::no_grad(|| step.forward(&x, false));
+            let (b, lb) = tch::no_grad(|| folded.forward(&x));
+            assert!(max_abs_diff(&a, &b) < 1e-5, "{layout:?}");
+            assert!(max_abs_diff(&la, &lb) < 1e-3, "{layout:?}");
+        }
     }
 }
 

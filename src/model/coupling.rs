@@ -1,6 +1,7 @@
 //! Affine (or additive) coupling: half the channels pass unchanged and parametrise a map of the other half.
 use super::config::{CouplingKind, ZeroConvPadding};
 use super::zero_conv::{FoldedConv, ZeroConv};
+use super::Layout;
 use tch::{nn, Kind, Tensor};
 
 pub struct Coupling {
@@ -60,14 +61,14 @@ impl Coupling {
         couple_reverse(self.kind, y_a, y_b, &out)
     }
 
-    pub fn folded(&self) -> FoldedCoupling {
+    pub fn folded(&self, layout: Layout) -> FoldedCoupling {
         FoldedCoupling {
             kind: self.kind,
-            conv_in_weight: self.conv_in_weight.detach(),
+            conv_in_weight: layout.apply(&self.conv_in_weight.detach()),
             conv_in_bias: self.conv_in_bias.detach(),
-            conv_mid_weight: self.conv_mid_weight.detach(),
+            conv_mid_weight: layout.apply(&self.conv_mid_weight.detach()),
             conv_mid_bias: self.conv_mid_bias.detach(),
-            conv_out: self.conv_out.folded(),
+            conv_out: self.conv_out.folded(layout),
         }
     }
 }
@@ -80,7 +81,7 @@ fn couple_forward(kind: CouplingKind, x_a: &Tensor, x_b: &Tensor, out: &Tensor) 
             let (h, t) = (&parts[0], &parts[1]);
             let shifted = h + SCALE_SHIFT;
             let y_b = (x_b + t) * shifted.sigmoid();
-            let logdet = shifted.log_sigmoid().view([n, -1]).sum_dim_intlist(1, false, Kind::Float);
+            let logdet = shifted.log_sigmoid().sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Float);
             (Tensor::cat(&[x_a, &y_b], 1), logdet)
         }
         CouplingKind::Additive => {

@@ -3,6 +3,7 @@ use super::actnorm::ActNorm;
 use super::config::GlowConfig;
 use super::coupling::{Coupling, FoldedCoupling};
 use super::invconv::InvConv;
+use super::Layout;
 use tch::{nn, Kind, Tensor};
 
 pub struct FlowStep {
@@ -45,7 +46,7 @@ impl FlowStep {
 
     /// Inference form: ActNorm folded into the 1x1 convolution (both directions, built in float64), coupling output
     /// scale folded into its last convolution.
-    pub fn folded(&self) -> FoldedStep {
+    pub fn folded(&self, layout: Layout) -> FoldedStep {
         tch::no_grad(|| {
             let d = |t: &Tensor| t.detach().to_kind(Kind::Double);
             let w = d(&self.invconv.weight());
@@ -62,12 +63,12 @@ impl FlowStep {
             let logdet = s.abs().log().sum(Kind::Double).double_value(&[])
                 + self.invconv.logabsdet().double_value(&[]);
             FoldedStep {
-                fwd_weight: fwd_w.to_kind(kind).view([c, c, 1, 1]),
+                fwd_weight: layout.apply(&fwd_w.to_kind(kind).view([c, c, 1, 1])),
                 fwd_bias: fwd_b.to_kind(kind),
-                rev_weight: rev_w.to_kind(kind).view([c, c, 1, 1]),
+                rev_weight: layout.apply(&rev_w.to_kind(kind).view([c, c, 1, 1])),
                 rev_bias: rev_b.to_kind(kind),
                 logdet_per_position: logdet,
-                coupling: self.coupling.folded(),
+                coupling: self.coupling.folded(layout),
             }
         })
     }

@@ -3,6 +3,7 @@ use super::config::{GlowConfig, PixelConvention};
 use super::error::{ModelError, Result};
 use super::flow_step::{FlowStep, FoldedStep};
 use super::zero_conv::{FoldedConv, ZeroConv};
+use super::Layout;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -20,6 +21,11 @@ pub struct Level {
 struct FoldedLevel {
     steps: Vec<FoldedStep>,
     prior: FoldedConv,
+}
+
+struct Folded {
+    levels: Vec<FoldedLevel>,
+    layout: Layout,
 }
 
 /// Every level's latent plus the likelihood terms, for a batch of N images.
@@ -66,23 +72,22 @@ pub struct Glow {
     pub config: GlowConfig,
     pub vs: nn::VarStore,
     pub levels: Vec<Level>,
-    folded: Option<Vec<FoldedLevel>>,
+    folded: Option<Folded>,
 }
 
 pub fn squeeze(x: &Tensor) -> Tensor {
     let (n, c, h, w) = x.size4().expect("4-d input");
-    x.view([n, c, h / 2, 2, w / 2, 2]).permute([0, 1, 3, 5, 2, 4]).reshape([n, c * 4, h / 2, w / 2])
+    x.reshape([n, c, h / 2, 2, w / 2, 2]).permute([0, 1, 3, 5, 2, 4]).reshape([n, c * 4, h / 2, w / 2])
 }
 
 pub fn unsqueeze(x: &Tensor) -> Tensor {
     let (n, c, h, w) = x.size4().expect("4-d input");
-    x.view([n, c / 4, 2, 2, h, w]).permute([0, 1, 4, 2, 5, 3]).reshape([n, c / 4, h * 2, w * 2])
+    x.reshape([n, c / 4, 2, 2, h, w]).permute([0, 1, 4, 2, 5, 3]).reshape([n, c / 4, h * 2, w * 2])
 }
 
 fn gaussian_log_p(x: &Tensor, mean: &Tensor, log_sd: &Tensor) -> Tensor {
-    let n = x.size()[0];
     let lp = (x - mean).square() * (log_sd * -2.0).exp() * -0.5 - log_sd - 0.5 * LN_2PI;
-    lp.view([n, -1]).sum_dim_intlist(1, false, Kind::Float)
+    lp.sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Float)
 }
 
 /// Standard normal noise from a seeded ChaCha stream: the same seed gives the same numbers on every device and
@@ -154,12 +159,20 @@ impl Glow {
     /// Builds the inference form (folded ActNorm/1x1 conv, cached W⁻¹, folded output scales). Call again after
     /// the weights change; training code calls [`Glow::invalidate_inference_cache`] instead.
     pub fn prepare_inference(&mut self) {
-        let folded = self
+        self.prepare_inference_with(Layout::default_for(self.device()));
+    }
+
+    /// [`Glow::prepare_inference`] with an explicit memory layout (benchmarks compare them).
+    pub fn prepare_inference_with(&mut self, layout: Layout) {
+        let levels = self
             .levels
             .iter()
-            .map(|l| FoldedLevel { steps: l.steps.iter().map(|s| s.folded()).collect(), prior: l.prior.folded() })
+            .map(|l| FoldedLevel {
+                steps: l.steps.iter().map(|s| s.folded(layout)).collect(),
+                prior: l.prior.folded(layout),
+            })
             .collect();
-        self.folded = Some(folded);
+        self.folded = Some(Folded { levels, layout });
     }
 
     pub fn invalidate_inference_cache(&mut self) {
@@ -242,10 +255,10 @@ impl Glow {
             let n = x.size()[0];
             let mut logdet = Tensor::zeros([n], (Kind::Float, x.device()));
             let mut log_p_z = Tensor::zeros([n], (Kind::Float, x.device()));
-            let mut z_out = Vec::with_capacity(folded.len());
+            let mut z_out = Vec::with_capacity(folded.levels.len());
             let mut h = x.shallow_clone();
-            for (level, fl) in self.levels.iter().zip(folded) {
-                h = squeeze(&h);
+            for (level, fl) in self.levels.iter().zip(&folded.levels) {
+                h = folded.layout.apply(&squeeze(&h));
                 for step in &fl.steps {
                     let (y, ld) = step.forward(&h);
                     h = y;
@@ -302,7 +315,7 @@ impl Glow {
         for i in (0..self.levels.len()).rev() {
             let level = &self.levels[i];
             let prior = match folded {
-                Some(f) => PriorRef::Folded(&f[i].prior),
+                Some(f) => PriorRef::Folded(&f.levels[i].prior),
                 None => PriorRef::Train(&level.prior),
             };
             let (c, hh, ww) = shapes[i];
@@ -326,7 +339,8 @@ impl Glow {
             };
             match folded {
                 Some(f) => {
-                    for step in f[i].steps.iter().rev() {
+                    x = f.layout.apply(&x);
+                    for step in f.levels[i].steps.iter().rev() {
                         x = step.reverse(&x);
                     }
                 }

@@ -1,6 +1,7 @@
 //! A 3x3 convolution initialised to zero whose output is scaled by `exp(3·logscale)`: the last layer of every
 //! coupling network and the priors, so that a fresh Glow starts as the identity map with a standard normal prior.
 use super::config::ZeroConvPadding;
+use super::Layout;
 use tch::{nn, Tensor};
 
 pub struct ZeroConv {
@@ -35,10 +36,10 @@ impl ZeroConv {
     }
 
     /// The same map with `exp(3·logscale)` folded into the weights: one pass instead of three at inference.
-    pub fn folded(&self) -> FoldedConv {
+    pub fn folded(&self, layout: Layout) -> FoldedConv {
         tch::no_grad(|| {
             let s = (&self.logscale * 3.0).exp().view([-1]);
-            let weight = &self.weight * s.view([-1, 1, 1, 1]);
+            let weight = layout.apply(&(&self.weight * s.view([-1, 1, 1, 1])));
             let bias = &self.bias * &s;
             let border = match self.padding {
                 ZeroConvPadding::Zeros => None,
