@@ -19,7 +19,7 @@ struct Cli {
 }
 
 #[derive(Args, Clone)]
-struct Runtime {
+pub struct Runtime {
     /// cpu, cuda, cuda:N or auto (cuda when available)
     #[arg(long, default_value = "cpu", global = true)]
     device: String,
@@ -29,7 +29,7 @@ struct Runtime {
 }
 
 #[derive(Args, Clone)]
-struct FitArgs {
+pub struct FitArgs {
     /// Centre-crop to a square and resize images to the model size (otherwise a wrong size is an error)
     #[arg(long)]
     resize: bool,
@@ -39,7 +39,7 @@ struct FitArgs {
 }
 
 impl FitArgs {
-    fn fit(&self) -> Fit {
+    pub fn fit(&self) -> Fit {
         Fit { crop: self.crop, resize: self.resize || self.crop.is_some() }
     }
 }
@@ -120,12 +120,56 @@ enum Command {
         #[command(flatten)]
         runtime: Runtime,
     },
+    /// Learn attribute directions from labelled images into the model folder
+    Directions(crate::cli_edit::DirectionsArgs),
+    /// Edit images along attribute directions (each output keeps its input's name)
+    Edit(crate::cli_edit::EditArgs),
+    /// Blend two images in latent space: a strip of frames (and optionally a GIF)
+    Interpolate(crate::cli_edit::InterpolateArgs),
+    /// Keep an image's coarse levels and redraw the fine ones: variations of one image
+    Resample(crate::cli_edit::ResampleArgs),
+    /// Contact sheet: one row per image, one column per strength of one attribute
+    Sheet(crate::cli_edit::SheetArgs),
+    /// Train a model by maximum likelihood (see the README's Training section)
+    Train(TrainArgs),
     /// Tile images into one picture (rows of --cols), e.g. originals above their reconstructions
     Grid {
         #[arg(required = true)]
         images: Vec<PathBuf>,
         #[arg(long, default_value_t = 8)]
         cols: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Import another implementation's checkpoint as a glowd model folder (rosinality/glow-pytorch state_dicts)
+    Import {
+        /// Checkpoint format: `rosinality` (the state_dict of rosinality/glow-pytorch's `Glow`)
+        #[arg(long, value_parser = ["rosinality"])]
+        format: String,
+        /// `torch.save`d state_dict (.pt/.pth; a `module.` prefix is removed) or a .safetensors state_dict
+        checkpoint: PathBuf,
+        /// Flow steps per block (the port's --n_flow)
+        #[arg(long)]
+        n_flow: i64,
+        /// Blocks (the port's --n_block)
+        #[arg(long)]
+        n_block: i64,
+        /// Affine coupling (the port's --affine); without --affine or --additive, read from the checkpoint
+        #[arg(long, conflicts_with = "additive")]
+        affine: bool,
+        /// Additive coupling (the port's default)
+        #[arg(long)]
+        additive: bool,
+        /// Plain 1x1 convs (the port's --no_lu; its last block stays LU)
+        #[arg(long)]
+        no_lu: bool,
+        #[arg(long)]
+        image_size: i64,
+        #[arg(long)]
+        n_bits: u32,
+        #[arg(long, default_value_t = 3)]
+        channels: i64,
+        /// Model folder to write
         #[arg(long)]
         out: PathBuf,
     },
@@ -148,6 +192,147 @@ enum Command {
         #[command(flatten)]
         runtime: Runtime,
     },
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Training data: an image folder, a CelebA folder, an IDX file or a .npy array
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, value_enum, default_value = "auto")]
+    format: crate::data::Format,
+    /// Start from this model folder (e.g. from `glowd model init`) instead of a preset
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    #[arg(long = "set")]
+    set: Vec<String>,
+    /// Output folder: model/ (exported), checkpoint/, metrics.jsonl, samples/, curve.png
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue from out/checkpoint exactly (optimizer state, step, EMA; batches and noise are step-seeded)
+    #[arg(long)]
+    resume: bool,
+    #[arg(long, default_value_t = 2000)]
+    steps: i64,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Linear learning-rate warm-up steps
+    #[arg(long, default_value_t = 200)]
+    warmup: i64,
+    /// Maximum global gradient norm (0 disables clipping)
+    #[arg(long, default_value_t = 50.0)]
+    clip: f64,
+    #[arg(long, value_enum, default_value = "adam")]
+    optimizer: crate::train::adam::Algorithm,
+    /// EMA decay of the exported weights (0 disables the EMA)
+    #[arg(long, default_value_t = 0.999)]
+    ema: f64,
+    #[arg(long, default_value_t = 256)]
+    init_batch: usize,
+    #[arg(long, default_value_t = 250)]
+    eval_every: i64,
+    #[arg(long, default_value_t = 500)]
+    sample_every: i64,
+    #[arg(long, default_value_t = 500)]
+    checkpoint_every: i64,
+    #[arg(long, default_value_t = 50)]
+    log_every: i64,
+    /// Fraction of the data held out for validation (chosen by a hash of each name, so it is stable)
+    #[arg(long, default_value_t = 0.05)]
+    val_fraction: f64,
+    /// Validation images scored at each evaluation
+    #[arg(long, default_value_t = 1000)]
+    val_limit: usize,
+    /// Use at most this many images
+    #[arg(long)]
+    max_images: Option<usize>,
+    /// Random horizontal flips
+    #[arg(long)]
+    hflip: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Recompute each flow step's activations during backprop instead of keeping them (less memory, ~1.3x time)
+    #[arg(long)]
+    checkpoint_grads: bool,
+    /// No progress bar: log lines only
+    #[arg(long)]
+    quiet: bool,
+    #[command(flatten)]
+    fit: FitArgs,
+    #[command(flatten)]
+    runtime: Runtime,
+}
+
+fn train(args: TrainArgs) -> Result<usize> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let device = setup(&args.runtime)?;
+    let config = crate::train::config_for(args.model.as_deref(), &args.preset, &args.set)?;
+    let target = crate::data::Target {
+        channels: config.channels as u8,
+        size: config.image_size as u32,
+        fit: Fit { crop: args.fit.crop, resize: true },
+    };
+    let dataset = crate::data::load(&args.data, args.format, target, args.max_images.unwrap_or(usize::MAX))?;
+    if let Some(report) = dataset.skipped_report() {
+        tracing::warn!("{report}");
+    }
+    let (train_set, val_set) = dataset.split(args.val_fraction);
+    if train_set.is_empty() {
+        bail!("{}: no training images left after the validation split", args.data.display());
+    }
+    tracing::info!("{} training and {} validation images from {}", train_set.len(), val_set.len(), args.data.display());
+    let glow = match &args.model {
+        Some(dir) if !args.resume => {
+            let mut g = Glow::load(dir, device)?;
+            for s in &args.set {
+                g.config.set(s)?;
+            }
+            g
+        }
+        _ => Glow::new(config, device, args.seed)?,
+    };
+    let opts = crate::train::TrainOptions {
+        steps: args.steps,
+        batch: args.batch,
+        lr: args.lr,
+        warmup: args.warmup,
+        clip: args.clip,
+        algorithm: args.optimizer,
+        ema: (args.ema > 0.0).then_some(args.ema),
+        init_batch: args.init_batch,
+        eval_every: args.eval_every.max(1),
+        sample_every: args.sample_every.max(1),
+        checkpoint_every: args.checkpoint_every.max(1),
+        log_every: args.log_every.max(1),
+        hflip: args.hflip,
+        seed: args.seed,
+        checkpoint_grads: args.checkpoint_grads,
+        val_limit: args.val_limit,
+    };
+    let mut trainer = crate::train::Trainer::new(glow, &train_set, &val_set, opts, &args.out, args.resume)?;
+    trainer.data_name = args.data.display().to_string();
+    trainer.quiet = args.quiet;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // First Ctrl-C: finish the step, checkpoint, export. A second one exits at once.
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("stopping after this step (checkpoint and export follow; Ctrl-C again to abort)");
+    })?;
+    if args.resume {
+        tracing::info!("resuming at step {}", trainer.step());
+    }
+    let summary = trainer.run(&stop)?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    eprintln!("model: {}", args.out.join("model").display());
+    Ok(0)
 }
 
 #[derive(Subcommand)]
@@ -178,7 +363,7 @@ enum ModelCommand {
     Info { dir: PathBuf },
 }
 
-fn setup(runtime: &Runtime) -> Result<Device> {
+pub(crate) fn setup(runtime: &Runtime) -> Result<Device> {
     if runtime.threads > 0 {
         tch::set_num_threads(runtime.threads);
     }
@@ -243,6 +428,18 @@ fn run(cli: Cli) -> Result<usize> {
             println!("actnorm initialised: {}", glow.actnorm_initialized());
             for (i, (c, h, w)) in config.latent_shapes().iter().enumerate() {
                 println!("latent level {i}: {c}x{h}x{w}");
+            }
+            match crate::model::directions::Directions::load(&dir, &config)? {
+                None => println!("directions: none (learn some with `glowd directions`)"),
+                Some(d) => {
+                    println!("directions: {}", d.summary.attributes.len());
+                    for (name, p) in &d.summary.attributes {
+                        println!(
+                            "  {name}: {} positive, {} negative, norm {:.2}, from {} ({})",
+                            p.positives, p.negatives, p.norm, p.source, p.created
+                        );
+                    }
+                }
             }
             Ok(0)
         }
@@ -330,6 +527,12 @@ fn run(cli: Cli) -> Result<usize> {
             }
             Ok(failed)
         }
+        Command::Train(args) => train(args),
+        Command::Directions(args) => crate::cli_edit::directions(args),
+        Command::Edit(args) => crate::cli_edit::edit(args),
+        Command::Interpolate(args) => crate::cli_edit::interpolate(args),
+        Command::Resample(args) => crate::cli_edit::resample(args),
+        Command::Sheet(args) => crate::cli_edit::sheet(args),
         Command::Grid { images, cols, out } => {
             let mut tiles = Vec::new();
             let mut failed = 0;
@@ -357,6 +560,41 @@ fn run(cli: Cli) -> Result<usize> {
             }
             imageio::save_png(&imageio::grid(&tiles, cols), &out)?;
             Ok(failed)
+        }
+        Command::Import {
+            format: _,
+            checkpoint,
+            n_flow,
+            n_block,
+            affine,
+            additive,
+            no_lu,
+            image_size,
+            n_bits,
+            channels,
+            out,
+        } => {
+            use crate::model::import::{guess_affine, import_rosinality, read_state_dict, RosinalityOptions};
+            let state = read_state_dict(&checkpoint)?;
+            let affine = match (affine, additive) {
+                (true, _) => true,
+                (_, true) => false,
+                _ => guess_affine(&state, channels).with_context(|| {
+                    format!("{}: cannot tell affine from additive: give --affine or --additive", checkpoint.display())
+                })?,
+            };
+            let options = RosinalityOptions { n_flow, n_block, affine, lu: !no_lu, image_size, n_bits, channels };
+            let glow = import_rosinality(&state, &options).with_context(|| checkpoint.display().to_string())?;
+            glow.save(&out)?;
+            eprintln!(
+                "wrote {} from {} ({} tensors, {} parameters, hidden {})",
+                out.display(),
+                checkpoint.display(),
+                glow.named_tensors().len(),
+                glow.parameter_count(),
+                glow.config.hidden
+            );
+            Ok(0)
         }
         Command::Compare { pairs } => {
             if pairs.len() % 2 != 0 {
@@ -394,7 +632,7 @@ fn run(cli: Cli) -> Result<usize> {
     }
 }
 
-fn per_level(values: &[f64], levels: usize) -> Result<Vec<f64>> {
+pub(crate) fn per_level(values: &[f64], levels: usize) -> Result<Vec<f64>> {
     match values.len() {
         1 => Ok(vec![values[0]; levels]),
         n if n == levels => Ok(values.to_vec()),
@@ -408,7 +646,7 @@ fn stem(path: &Path) -> String {
 
 /// Loads up to `limit` usable images, reporting each unusable one on its own line; returns them and the count of
 /// failures.
-fn load_images(files: &[PathBuf], config: &GlowConfig, fit: Fit, limit: usize) -> (Vec<(PathBuf, Pixels)>, usize) {
+pub(crate) fn load_images(files: &[PathBuf], config: &GlowConfig, fit: Fit, limit: usize) -> (Vec<(PathBuf, Pixels)>, usize) {
     let mut ok = Vec::new();
     let mut failed = 0;
     for path in files {

@@ -9,5 +9,8 @@
 //! - [`bench`]: the `glowd bench` throughput figures.
 pub mod bench;
 pub mod cli;
+pub mod cli_edit;
+pub mod data;
 pub mod imageio;
 pub mod model;
+pub mod train;

@@ -58,6 +58,11 @@ pub struct GlowConfig {
     pub zero_conv_padding: ZeroConvPadding,
     #[serde(default = "default_convention")]
     pub pixel_convention: PixelConvention,
+    /// Overrides `lu` for the last level only. The common PyTorch port always builds its last level's 1x1 convs in
+    /// LU form, even when told not to use LU, so its `conv_lu=False` checkpoints import as `lu: false` with this
+    /// set to true. Absent (the default): every level follows `lu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lu_last_level: Option<bool>,
 }
 
 fn default_padding() -> ZeroConvPadding {
@@ -96,6 +101,7 @@ impl GlowConfig {
             n_bits,
             zero_conv_padding: ZeroConvPadding::Zeros,
             pixel_convention: PixelConvention::Centre,
+            lu_last_level: None,
         })
     }
 
@@ -147,6 +153,14 @@ impl GlowConfig {
             return fail(format!("n_bits must be in 1..=8, got {}", self.n_bits));
         }
         Ok(())
+    }
+
+    /// Whether level `i`'s 1x1 convs are in LU form (`lu`, or `lu_last_level` at the last level when set).
+    pub fn level_lu(&self, level: i64) -> bool {
+        match self.lu_last_level {
+            Some(lu) if level + 1 == self.levels => lu,
+            _ => self.lu,
+        }
     }
 
     pub fn n_bins(&self) -> f64 {

@@ -26,6 +26,9 @@ pub enum ModelError {
     MissingOrUnexpected { path: PathBuf, missing: Vec<String>, unexpected: Vec<String> },
     #[error("input: {0}")]
     Input(String),
+    /// A foreign checkpoint that cannot be mapped onto a glowd model (names the tensors).
+    #[error("import: {0}")]
+    Import(String),
     #[error("unknown device `{0}` (expected cpu, cuda, cuda:N or auto)")]
     Device(String),
     #[error("device {0} is not available on this machine")]

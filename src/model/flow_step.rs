@@ -14,9 +14,14 @@ pub struct FlowStep {
 
 impl FlowStep {
     pub fn new(p: nn::Path, config: &GlowConfig, channels: i64, seed: u64) -> FlowStep {
+        FlowStep::with_lu(p, config, channels, config.lu, seed)
+    }
+
+    /// [`FlowStep::new`] with the 1x1 conv's form given explicitly (see [`GlowConfig::level_lu`]).
+    pub fn with_lu(p: nn::Path, config: &GlowConfig, channels: i64, lu: bool, seed: u64) -> FlowStep {
         FlowStep {
             actnorm: ActNorm::new(&p / "actnorm", channels),
-            invconv: InvConv::new(&p / "invconv", channels, config.lu, seed),
+            invconv: InvConv::new(&p / "invconv", channels, lu, seed),
             coupling: Coupling::new(
                 &p / "coupling",
                 channels,

@@ -85,7 +85,7 @@ pub fn unsqueeze(x: &Tensor) -> Tensor {
     x.reshape([n, c / 4, 2, 2, h, w]).permute([0, 1, 4, 2, 5, 3]).reshape([n, c / 4, h * 2, w * 2])
 }
 
-fn gaussian_log_p(x: &Tensor, mean: &Tensor, log_sd: &Tensor) -> Tensor {
+pub fn gaussian_log_p(x: &Tensor, mean: &Tensor, log_sd: &Tensor) -> Tensor {
     let lp = (x - mean).square() * (log_sd * -2.0).exp() * -0.5 - log_sd - 0.5 * LN_2PI;
     lp.sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Float)
 }
@@ -129,7 +129,7 @@ impl Glow {
             let steps = (0..config.steps)
                 .map(|k| {
                     let step_seed = seed.wrapping_mul(1_000_003).wrapping_add((i * 10_000 + k) as u64);
-                    FlowStep::new(&lp / "steps" / k, &config, c, step_seed)
+                    FlowStep::with_lu(&lp / "steps" / k, &config, c, config.level_lu(i), step_seed)
                 })
                 .collect();
             let last = i + 1 == config.levels;

@@ -1,0 +1,340 @@
+//! The latent-editing commands: `directions`, `edit`, `interpolate`, `resample`, `sheet`.
+use crate::cli::{load_images, per_level, setup, FitArgs, Runtime};
+use crate::data::attributes;
+use crate::imageio::{self, Pixels};
+use crate::model::batch::{pixels_to_tensor, tensor_to_pixels};
+use crate::model::directions::{self, DirectionAccumulator, Directions, Provenance};
+use crate::model::Glow;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+#[derive(Args)]
+pub struct DirectionsArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Folder of labelled images (file names as in the labels file)
+    #[arg(long)]
+    images: PathBuf,
+    /// list_attr_celeba.txt, or a CSV with a `file` column and one column per attribute (±1, 0/1, true/false)
+    #[arg(long)]
+    labels: PathBuf,
+    /// Attributes to learn (default: all in the labels file), comma-separated
+    #[arg(long, value_delimiter = ',')]
+    attributes: Vec<String>,
+    /// Refuse an attribute with fewer positive or negative examples than this
+    #[arg(long, default_value_t = 20)]
+    min_examples: usize,
+    /// Use at most this many labelled images
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Model folder to write directions.safetensors into (default: --model)
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    fit: FitArgs,
+    #[command(flatten)]
+    runtime: Runtime,
+}
+
+pub fn directions(args: DirectionsArgs) -> Result<usize> {
+    let device = setup(&args.runtime)?;
+    let glow = Glow::load(&args.model, device)?;
+    let labels = attributes::read_labels(&args.labels)?;
+    let wanted: Vec<String> = if args.attributes.is_empty() { labels.names.clone() } else { args.attributes.clone() };
+    let columns: Vec<usize> = wanted
+        .iter()
+        .map(|a| {
+            labels.index(a).with_context(|| {
+                format!("attribute `{a}` is not in {} (it has: {})", args.labels.display(), labels.names.join(", "))
+            })
+        })
+        .collect::<Result<_>>()?;
+    // Count first, so an attribute that cannot be learnt is refused before any encoding.
+    let limit = args.limit.unwrap_or(usize::MAX).min(labels.files.len());
+    let mut refused = Vec::new();
+    for (a, &col) in wanted.iter().zip(&columns) {
+        let pos = labels.values[..limit].iter().filter(|v| v[col] == Some(true)).count();
+        let neg = labels.values[..limit].iter().filter(|v| v[col] == Some(false)).count();
+        if pos < args.min_examples || neg < args.min_examples {
+            refused.push(format!("{a} ({pos} positive, {neg} negative; need {} of each)", args.min_examples));
+        }
+    }
+    if !refused.is_empty() {
+        bail!("too few examples for: {}", refused.join(", "));
+    }
+    let files: Vec<PathBuf> = labels.files[..limit].iter().map(|f| args.images.join(f)).collect();
+    let mut accs: Vec<DirectionAccumulator> = wanted.iter().map(|_| DirectionAccumulator::new(&glow.config)).collect();
+    let bar = indicatif::ProgressBar::new(files.len() as u64);
+    let mut failed = 0;
+    for (chunk_index, chunk) in files.chunks(args.batch.max(1)).enumerate() {
+        let (loaded, bad) = load_images(chunk, &glow.config, args.fit.fit(), usize::MAX);
+        failed += bad;
+        bar.inc(chunk.len() as u64);
+        if loaded.is_empty() {
+            continue;
+        }
+        let pixels: Vec<Pixels> = loaded.iter().map(|(_, p)| p.clone()).collect();
+        let latents = glow.encode(&pixels_to_tensor(&pixels))?;
+        for (row, (path, _)) in loaded.iter().enumerate() {
+            let file_index = chunk_index * args.batch.max(1) + chunk.iter().position(|p| p == path).expect("from chunk");
+            for (acc, &col) in accs.iter_mut().zip(&columns) {
+                if let Some(positive) = labels.values[file_index][col] {
+                    acc.add(&latents.z, row as i64, positive);
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let out = args.out.clone().unwrap_or(args.model.clone());
+    if out != args.model {
+        for f in ["config.json", "weights.safetensors"] {
+            std::fs::create_dir_all(&out)?;
+            std::fs::copy(args.model.join(f), out.join(f)).with_context(|| format!("copying {f}"))?;
+        }
+    }
+    let fingerprint = directions::model_fingerprint(&out)?;
+    let mut dirs = match Directions::load(&out, &glow.config) {
+        Ok(Some(d)) => d,
+        _ => Directions::empty(fingerprint),
+    };
+    let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    for (a, acc) in wanted.iter().zip(&accs) {
+        let Some(d) = acc.direction() else {
+            bail!("{a}: no usable positive or negative images");
+        };
+        let prov = Provenance {
+            positives: acc.positives,
+            negatives: acc.negatives,
+            source: format!("{} + {}", args.labels.display(), args.images.display()),
+            created: created.clone(),
+            norm: directions::norm(&d),
+        };
+        eprintln!("{a}: {} positive, {} negative, norm {:.2}", prov.positives, prov.negatives, prov.norm);
+        dirs.summary.attributes.insert(a.clone(), prov);
+        dirs.vectors.insert(a.clone(), d);
+    }
+    dirs.save(&out)?;
+    eprintln!("wrote {} directions to {}", wanted.len(), out.join(directions::DIRECTIONS_FILE).display());
+    Ok(failed)
+}
+
+/// `Name=strength` pairs, checked against the model's directions and the strength bound before any work.
+pub fn parse_edits<'a>(
+    specs: &[String],
+    dirs: Option<&'a Directions>,
+    max_strength: f64,
+) -> Result<Vec<(&'a Vec<Tensor>, f64)>> {
+    let mut out = Vec::new();
+    for spec in specs {
+        let (name, value) = spec.split_once('=').with_context(|| format!("`{spec}` is not Attribute=strength"))?;
+        let strength: f64 = value.trim().parse().with_context(|| format!("`{spec}`: `{value}` is not a number"))?;
+        if !strength.is_finite() || strength.abs() > max_strength {
+            bail!("`{spec}`: strength {strength} is outside ±{max_strength} (raise --max-strength to allow it)");
+        }
+        let dirs = dirs.context("this model has no directions: run `glowd directions` first")?;
+        out.push((dirs.get(name.trim())?, strength));
+    }
+    Ok(out)
+}
+
+#[derive(Args)]
+pub struct EditArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Attribute=strength, repeatable (e.g. --attr Smiling=+1.0 --attr Eyeglasses=0.5)
+    #[arg(long = "attr", required = true)]
+    attrs: Vec<String>,
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
+    /// Largest |strength| accepted
+    #[arg(long, default_value_t = 4.0)]
+    max_strength: f64,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    #[command(flatten)]
+    fit: FitArgs,
+    #[command(flatten)]
+    runtime: Runtime,
+}
+
+pub fn edit(args: EditArgs) -> Result<usize> {
+    let device = setup(&args.runtime)?;
+    let glow = Glow::load(&args.model, device)?;
+    let dirs = Directions::load(&args.model, &glow.config)?;
+    let edits = parse_edits(&args.attrs, dirs.as_ref(), args.max_strength)?;
+    std::fs::create_dir_all(&args.out)?;
+    let (loaded, mut failed) = load_images(&args.images, &glow.config, args.fit.fit(), usize::MAX);
+    for chunk in loaded.chunks(args.batch.max(1)) {
+        let pixels: Vec<Pixels> = chunk.iter().map(|(_, p)| p.clone()).collect();
+        let latents = glow.encode(&pixels_to_tensor(&pixels))?;
+        let edited = glow.decode(&directions::shift(&latents.z, &edits))?;
+        for ((path, _), img) in chunk.iter().zip(tensor_to_pixels(&edited)) {
+            let name = path.file_name().map(|n| Path::new(n).with_extension("png")).unwrap_or("out.png".into());
+            if let Err(e) = imageio::save_png(&imageio::pixels_to_image(&img), &args.out.join(name)) {
+                eprintln!("{e}");
+                failed += 1;
+            }
+        }
+    }
+    Ok(failed)
+}
+
+#[derive(Args)]
+pub struct InterpolateArgs {
+    #[arg(long)]
+    model: PathBuf,
+    a: PathBuf,
+    b: PathBuf,
+    /// Frames including both ends
+    #[arg(long, default_value_t = 8)]
+    frames: usize,
+    /// The strip (PNG)
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write an animated GIF (forth and back)
+    #[arg(long)]
+    gif: Option<PathBuf>,
+    #[command(flatten)]
+    fit: FitArgs,
+    #[command(flatten)]
+    runtime: Runtime,
+}
+
+pub fn interpolate(args: InterpolateArgs) -> Result<usize> {
+    let device = setup(&args.runtime)?;
+    let glow = Glow::load(&args.model, device)?;
+    if args.frames < 2 {
+        bail!("--frames must be at least 2");
+    }
+    let (loaded, failed) = load_images(&[args.a.clone(), args.b.clone()], &glow.config, args.fit.fit(), 2);
+    if failed > 0 || loaded.len() != 2 {
+        bail!("both images must be readable");
+    }
+    let pixels: Vec<Pixels> = loaded.iter().map(|(_, p)| p.clone()).collect();
+    let latents = glow.encode(&pixels_to_tensor(&pixels))?;
+    let (za, zb) = (latents.select(0).z, latents.select(1).z);
+    let frames: Vec<Pixels> = (0..args.frames)
+        .map(|k| {
+            let t = k as f64 / (args.frames - 1) as f64;
+            glow.decode(&directions::interpolate(&za, &zb, t)).map(|p| tensor_to_pixels(&p).remove(0))
+        })
+        .collect::<Result<_, _>>()?;
+    imageio::save_png(&imageio::grid(&frames, frames.len()), &args.out)?;
+    if let Some(gif) = &args.gif {
+        write_gif(&frames, gif)?;
+    }
+    Ok(0)
+}
+
+fn write_gif(frames: &[Pixels], path: &Path) -> Result<()> {
+    use image::codecs::gif::{GifEncoder, Repeat};
+    let file = std::fs::File::create(path).with_context(|| format!("{}", path.display()))?;
+    let mut enc = GifEncoder::new_with_speed(file, 10);
+    enc.set_repeat(Repeat::Infinite)?;
+    let order: Vec<&Pixels> = frames.iter().chain(frames.iter().rev().skip(1)).collect();
+    for p in order {
+        let rgba = imageio::pixels_to_image(p).to_rgba8();
+        enc.encode_frame(image::Frame::from_parts(rgba, 0, 0, image::Delay::from_numer_denom_ms(120, 1)))?;
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ResampleArgs {
+    #[arg(long)]
+    model: PathBuf,
+    image: PathBuf,
+    /// Coarsest levels kept from the image; the finer ones are redrawn
+    #[arg(long, default_value_t = 1)]
+    keep_levels: usize,
+    #[arg(long, default_value = "0.7", value_delimiter = ',')]
+    temperature: Vec<f64>,
+    /// Variations drawn
+    #[arg(short = 'n', long, default_value_t = 8)]
+    n: i64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Grid: the input first, then the variations
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    fit: FitArgs,
+    #[command(flatten)]
+    runtime: Runtime,
+}
+
+pub fn resample(args: ResampleArgs) -> Result<usize> {
+    let device = setup(&args.runtime)?;
+    let glow = Glow::load(&args.model, device)?;
+    let levels = glow.config.levels as usize;
+    if args.keep_levels == 0 || args.keep_levels > levels {
+        bail!("--keep-levels must be in 1..={levels}");
+    }
+    let temps = per_level(&args.temperature, levels)?;
+    let (loaded, failed) = load_images(std::slice::from_ref(&args.image), &glow.config, args.fit.fit(), 1);
+    if failed > 0 || loaded.is_empty() {
+        bail!("{}: not usable", args.image.display());
+    }
+    let input = pixels_to_tensor(&[loaded[0].1.clone()]);
+    let latents = glow.encode(&input)?;
+    let given: Vec<Option<Tensor>> = latents
+        .z
+        .iter()
+        .enumerate()
+        .map(|(i, z)| (i >= levels - args.keep_levels).then(|| z.repeat([args.n, 1, 1, 1])))
+        .collect();
+    let out = glow.decode_partial(&given, &temps, args.seed)?;
+    let mut tiles = vec![loaded[0].1.clone()];
+    tiles.extend(tensor_to_pixels(&out));
+    imageio::save_png(&imageio::grid(&tiles, tiles.len().min(9)), &args.out)?;
+    Ok(0)
+}
+
+#[derive(Args)]
+pub struct SheetArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// One attribute per sheet
+    #[arg(long)]
+    attr: String,
+    #[arg(long, default_value = "-2,-1,0,1,2", value_delimiter = ',', allow_hyphen_values = true)]
+    strengths: Vec<f64>,
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 4.0)]
+    max_strength: f64,
+    #[command(flatten)]
+    fit: FitArgs,
+    #[command(flatten)]
+    runtime: Runtime,
+}
+
+pub fn sheet(args: SheetArgs) -> Result<usize> {
+    let device = setup(&args.runtime)?;
+    let glow = Glow::load(&args.model, device)?;
+    let dirs = Directions::load(&args.model, &glow.config)?;
+    let specs: Vec<String> = args.strengths.iter().map(|s| format!("{}={s}", args.attr)).collect();
+    let edits = parse_edits(&specs, dirs.as_ref(), args.max_strength)?;
+    let (loaded, failed) = load_images(&args.images, &glow.config, args.fit.fit(), usize::MAX);
+    if loaded.is_empty() {
+        bail!("no usable images");
+    }
+    let pixels: Vec<Pixels> = loaded.iter().map(|(_, p)| p.clone()).collect();
+    let latents = glow.encode(&pixels_to_tensor(&pixels))?;
+    let columns: Vec<Vec<Pixels>> = edits
+        .iter()
+        .map(|e| glow.decode(&directions::shift(&latents.z, std::slice::from_ref(e))).map(|p| tensor_to_pixels(&p)))
+        .collect::<Result<_, _>>()?;
+    let tiles: Vec<Pixels> =
+        (0..pixels.len()).flat_map(|row| columns.iter().map(move |col| col[row].clone())).collect();
+    imageio::save_png(&imageio::grid(&tiles, edits.len()), &args.out)?;
+    Ok(failed)
+}
