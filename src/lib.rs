@@ -7,10 +7,17 @@
 //! - [`imageio`]: reading images into the model's u8 planes and writing PNGs and grids.
 //! - [`cli`]: the `glowd` command line; `main.rs` only calls [`cli::main`].
 //! - [`bench`]: the `glowd bench` throughput figures.
+//! - [`train`] and [`data`]: `glowd train` (objective, optimizer, checkpoints) and its dataset readers.
+//! - [`cli_edit`]: the latent-editing commands (directions, edit, interpolate, resample, sheet).
+//! - [`job`]: the daemon's job contract (schemas/job.v1.json), S3 key confinement, output keys, results and
+//!   manifests; [`ack`]: the per-partition offset watermark that decides what may be committed. Both name no
+//!   tokio, Kafka or tch type (the daemon that uses them is still to come).
+pub mod ack;
 pub mod bench;
 pub mod cli;
 pub mod cli_edit;
 pub mod data;
 pub mod imageio;
+pub mod job;
 pub mod model;
 pub mod train;
