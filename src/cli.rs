@@ -103,6 +103,9 @@ enum Command {
         /// Grid columns (default: square-ish)
         #[arg(long)]
         cols: Option<usize>,
+        /// Enlarge the written picture N times (nearest neighbour)
+        #[arg(long, default_value_t = 1)]
+        scale: u32,
         #[arg(long)]
         out: PathBuf,
         #[command(flatten)]
@@ -512,13 +515,13 @@ fn run(cli: Cli) -> Result<usize> {
             }
             Ok(failed)
         }
-        Command::Sample { model, n, temperature, seed, cols, out, runtime } => {
+        Command::Sample { model, n, temperature, seed, cols, scale, out, runtime } => {
             let device = setup(&runtime)?;
             let glow = Glow::load(&model, device)?;
             let temps = per_level(&temperature, glow.config.levels as usize)?;
             let pixels = glow.sample(n, &temps, seed)?;
             let cols = cols.unwrap_or_else(|| (n as f64).sqrt().ceil() as usize);
-            imageio::save_png(&imageio::grid(&tensor_to_pixels(&pixels), cols), &out)?;
+            imageio::save_png_scaled(&imageio::grid(&tensor_to_pixels(&pixels), cols), &out, scale)?;
             eprintln!("wrote {} ({n} samples, temperatures {temps:?}, seed {seed})", out.display());
             Ok(0)
         }

@@ -200,6 +200,9 @@ pub struct InterpolateArgs {
     /// Also write an animated GIF (forth and back)
     #[arg(long)]
     gif: Option<PathBuf>,
+    /// Enlarge the written picture N times (nearest neighbour)
+    #[arg(long, default_value_t = 1)]
+    scale: u32,
     #[command(flatten)]
     fit: FitArgs,
     #[command(flatten)]
@@ -225,7 +228,7 @@ pub fn interpolate(args: InterpolateArgs) -> Result<usize> {
             glow.decode(&directions::interpolate(&za, &zb, t)).map(|p| tensor_to_pixels(&p).remove(0))
         })
         .collect::<Result<_, _>>()?;
-    imageio::save_png(&imageio::grid(&frames, frames.len()), &args.out)?;
+    imageio::save_png_scaled(&imageio::grid(&frames, frames.len()), &args.out, args.scale)?;
     if let Some(gif) = &args.gif {
         write_gif(&frames, gif)?;
     }
@@ -263,6 +266,9 @@ pub struct ResampleArgs {
     /// Grid: the input first, then the variations
     #[arg(long)]
     out: PathBuf,
+    /// Enlarge the written picture N times (nearest neighbour)
+    #[arg(long, default_value_t = 1)]
+    scale: u32,
     #[command(flatten)]
     fit: FitArgs,
     #[command(flatten)]
@@ -292,7 +298,7 @@ pub fn resample(args: ResampleArgs) -> Result<usize> {
     let out = glow.decode_partial(&given, &temps, args.seed)?;
     let mut tiles = vec![loaded[0].1.clone()];
     tiles.extend(tensor_to_pixels(&out));
-    imageio::save_png(&imageio::grid(&tiles, tiles.len().min(9)), &args.out)?;
+    imageio::save_png_scaled(&imageio::grid(&tiles, tiles.len().min(9)), &args.out, args.scale)?;
     Ok(0)
 }
 
@@ -311,6 +317,9 @@ pub struct SheetArgs {
     out: PathBuf,
     #[arg(long, default_value_t = 4.0)]
     max_strength: f64,
+    /// Enlarge the written picture N times (nearest neighbour)
+    #[arg(long, default_value_t = 1)]
+    scale: u32,
     #[command(flatten)]
     fit: FitArgs,
     #[command(flatten)]
@@ -335,6 +344,6 @@ pub fn sheet(args: SheetArgs) -> Result<usize> {
         .collect::<Result<_, _>>()?;
     let tiles: Vec<Pixels> =
         (0..pixels.len()).flat_map(|row| columns.iter().map(move |col| col[row].clone())).collect();
-    imageio::save_png(&imageio::grid(&tiles, edits.len()), &args.out)?;
+    imageio::save_png_scaled(&imageio::grid(&tiles, edits.len()), &args.out, args.scale)?;
     Ok(failed)
 }
