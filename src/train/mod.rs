@@ -394,6 +394,12 @@ impl<'a> Trainer<'a> {
             }
         }
         bar.finish_and_clear();
+        // Score what gets exported at the step it is exported (a stop between evaluations would otherwise report
+        // an older figure).
+        let exported = self.export_model()?;
+        if let Some(val) = self.validate(&exported)? {
+            last_val = Some(val);
+        }
         let elapsed = self.elapsed_before + started.elapsed().as_secs_f64();
         self.checkpoint(elapsed)?;
         let trained = (self.step - first_step) as f64 * self.opts.batch as f64;
@@ -414,7 +420,7 @@ impl<'a> Trainer<'a> {
             options: self.opts.clone(),
         };
         let model_dir = self.out.join("model");
-        self.export_model()?.save(&model_dir)?;
+        exported.save(&model_dir)?;
         std::fs::write(model_dir.join("training.json"), serde_json::to_string_pretty(&summary).expect("serialises"))
             .map_err(|e| file_err(&model_dir, e))?;
         let curve_path = self.out.join("curve.png");
