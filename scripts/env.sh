@@ -8,3 +8,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$GLOWD_CACHE/target}"
 export LIBTORCH_USE_PYTORCH=1
 export PATH="$GLOWD_VENV/bin:$PATH"
 export GLOWD_BIN="$CARGO_TARGET_DIR/release/glowd"
+# libgomp's worker threads spin while they wait; when more busy threads than cores exist (cargo test runs tests in
+# parallel; a build next to a training run) each barrier then waits out whole time slices and small-tensor work
+# runs 10-20x slower. Passive waiting costs little when the machine is otherwise idle.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
