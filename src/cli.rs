@@ -176,6 +176,12 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Run job lines through the pipeline locally (embedded mode: no Kafka or S3), writing outputs, manifests,
+    /// results.jsonl and dead-letters.jsonl
+    Run(crate::cli_pipeline::RunArgs),
+    /// The daemon: Kafka jobs topic -> batched device workers -> S3, results and DLQ topics, /metrics /healthz
+    /// /readyz; SIGTERM drains and commits
+    Serve(crate::cli_pipeline::ServeArgs),
     /// Compare the pixels of image pairs (a1 b1 a2 b2 ...): prints the differences, exit 1 if any pair differs
     Compare {
         #[arg(required = true, num_args = 2..)]
@@ -614,6 +620,8 @@ fn run(cli: Cli) -> Result<usize> {
             );
             Ok(0)
         }
+        Command::Run(args) => crate::cli_pipeline::run(args),
+        Command::Serve(args) => crate::cli_pipeline::serve(args),
         Command::Compare { pairs } => {
             if pairs.len() % 2 != 0 {
                 bail!("give images in pairs (a1 b1 a2 b2 ...), got {}", pairs.len());

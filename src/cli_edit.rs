@@ -185,6 +185,18 @@ pub fn edit(args: EditArgs) -> Result<usize> {
     Ok(failed)
 }
 
+/// What every picture-writing command shares.
+#[derive(Args)]
+pub struct PictureArgs {
+    /// Enlarge the written picture N times (nearest neighbour)
+    #[arg(long, default_value_t = 1)]
+    scale: u32,
+    #[command(flatten)]
+    fit: FitArgs,
+    #[command(flatten)]
+    runtime: Runtime,
+}
+
 #[derive(Args)]
 pub struct InterpolateArgs {
     #[arg(long)]
@@ -200,22 +212,17 @@ pub struct InterpolateArgs {
     /// Also write an animated GIF (forth and back)
     #[arg(long)]
     gif: Option<PathBuf>,
-    /// Enlarge the written picture N times (nearest neighbour)
-    #[arg(long, default_value_t = 1)]
-    scale: u32,
     #[command(flatten)]
-    fit: FitArgs,
-    #[command(flatten)]
-    runtime: Runtime,
+    picture: PictureArgs,
 }
 
 pub fn interpolate(args: InterpolateArgs) -> Result<usize> {
-    let device = setup(&args.runtime)?;
+    let device = setup(&args.picture.runtime)?;
     let glow = Glow::load(&args.model, device)?;
     if args.frames < 2 {
         bail!("--frames must be at least 2");
     }
-    let (loaded, failed) = load_images(&[args.a.clone(), args.b.clone()], &glow.config, args.fit.fit(), 2);
+    let (loaded, failed) = load_images(&[args.a.clone(), args.b.clone()], &glow.config, args.picture.fit.fit(), 2);
     if failed > 0 || loaded.len() != 2 {
         bail!("both images must be readable");
     }
@@ -228,7 +235,7 @@ pub fn interpolate(args: InterpolateArgs) -> Result<usize> {
             glow.decode(&directions::interpolate(&za, &zb, t)).map(|p| tensor_to_pixels(&p).remove(0))
         })
         .collect::<Result<_, _>>()?;
-    imageio::save_png_scaled(&imageio::grid(&frames, frames.len()), &args.out, args.scale)?;
+    imageio::save_png_scaled(&imageio::grid(&frames, frames.len()), &args.out, args.picture.scale)?;
     if let Some(gif) = &args.gif {
         write_gif(&frames, gif)?;
     }
@@ -266,24 +273,19 @@ pub struct ResampleArgs {
     /// Grid: the input first, then the variations
     #[arg(long)]
     out: PathBuf,
-    /// Enlarge the written picture N times (nearest neighbour)
-    #[arg(long, default_value_t = 1)]
-    scale: u32,
     #[command(flatten)]
-    fit: FitArgs,
-    #[command(flatten)]
-    runtime: Runtime,
+    picture: PictureArgs,
 }
 
 pub fn resample(args: ResampleArgs) -> Result<usize> {
-    let device = setup(&args.runtime)?;
+    let device = setup(&args.picture.runtime)?;
     let glow = Glow::load(&args.model, device)?;
     let levels = glow.config.levels as usize;
     if args.keep_levels == 0 || args.keep_levels > levels {
         bail!("--keep-levels must be in 1..={levels}");
     }
     let temps = per_level(&args.temperature, levels)?;
-    let (loaded, failed) = load_images(std::slice::from_ref(&args.image), &glow.config, args.fit.fit(), 1);
+    let (loaded, failed) = load_images(std::slice::from_ref(&args.image), &glow.config, args.picture.fit.fit(), 1);
     if failed > 0 || loaded.is_empty() {
         bail!("{}: not usable", args.image.display());
     }
@@ -298,7 +300,7 @@ pub fn resample(args: ResampleArgs) -> Result<usize> {
     let out = glow.decode_partial(&given, &temps, args.seed)?;
     let mut tiles = vec![loaded[0].1.clone()];
     tiles.extend(tensor_to_pixels(&out));
-    imageio::save_png_scaled(&imageio::grid(&tiles, tiles.len().min(9)), &args.out, args.scale)?;
+    imageio::save_png_scaled(&imageio::grid(&tiles, tiles.len().min(9)), &args.out, args.picture.scale)?;
     Ok(0)
 }
 
@@ -317,22 +319,17 @@ pub struct SheetArgs {
     out: PathBuf,
     #[arg(long, default_value_t = 4.0)]
     max_strength: f64,
-    /// Enlarge the written picture N times (nearest neighbour)
-    #[arg(long, default_value_t = 1)]
-    scale: u32,
     #[command(flatten)]
-    fit: FitArgs,
-    #[command(flatten)]
-    runtime: Runtime,
+    picture: PictureArgs,
 }
 
 pub fn sheet(args: SheetArgs) -> Result<usize> {
-    let device = setup(&args.runtime)?;
+    let device = setup(&args.picture.runtime)?;
     let glow = Glow::load(&args.model, device)?;
     let dirs = Directions::load(&args.model, &glow.config)?;
     let specs: Vec<String> = args.strengths.iter().map(|s| format!("{}={s}", args.attr)).collect();
     let edits = parse_edits(&specs, dirs.as_ref(), args.max_strength)?;
-    let (loaded, failed) = load_images(&args.images, &glow.config, args.fit.fit(), usize::MAX);
+    let (loaded, failed) = load_images(&args.images, &glow.config, args.picture.fit.fit(), usize::MAX);
     if loaded.is_empty() {
         bail!("no usable images");
     }
@@ -344,6 +341,6 @@ pub fn sheet(args: SheetArgs) -> Result<usize> {
         .collect::<Result<_, _>>()?;
     let tiles: Vec<Pixels> =
         (0..pixels.len()).flat_map(|row| columns.iter().map(move |col| col[row].clone())).collect();
-    imageio::save_png_scaled(&imageio::grid(&tiles, edits.len()), &args.out, args.scale)?;
+    imageio::save_png_scaled(&imageio::grid(&tiles, edits.len()), &args.out, args.picture.scale)?;
     Ok(failed)
 }

@@ -11,13 +11,23 @@
 //! - [`cli_edit`]: the latent-editing commands (directions, edit, interpolate, resample, sheet).
 //! - [`job`]: the daemon's job contract (schemas/job.v1.json), S3 key confinement, output keys, results and
 //!   manifests; [`ack`]: the per-partition offset watermark that decides what may be committed. Both name no
-//!   tokio, Kafka or tch type (the daemon that uses them is still to come).
+//!   tokio, Kafka or tch type.
+//! - [`worker`]: the device worker, the model/pipeline boundary: one OS thread per device owns the models and takes
+//!   plain-data batches over a channel, answering each op on a oneshot.
+//! - [`pipeline`]: the pipeline core (parse, fetch, decode, pull batcher, device, encode outputs, create-only
+//!   writes, manifest, results, dead letters) behind `ObjectStore` and `Reporter` traits; its `embedded` mode
+//!   (`glowd run`) reads a JSON-lines file and local folders. Names no tch type.
+//! - [`daemon`]: `glowd serve`: pipeline files, the Kafka source and reporter, the S3 store, metrics and health.
 pub mod ack;
 pub mod bench;
 pub mod cli;
 pub mod cli_edit;
+pub mod cli_pipeline;
+pub mod daemon;
 pub mod data;
 pub mod imageio;
 pub mod job;
 pub mod model;
+pub mod pipeline;
 pub mod train;
+pub mod worker;

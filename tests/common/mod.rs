@@ -64,3 +64,4 @@ pub fn brute_force_logdet(x: &Tensor, f: impl Fn(&Tensor) -> Tensor) -> f64 {
     assert!(sign.double_value(&[]) != 0.0, "Jacobian is singular");
     logabs.double_value(&[])
 }
+pub mod pipeline;

@@ -1,0 +1,261 @@
+//! Pipeline files (`pipelines/*.toml`): what the daemon connects to, which models it serves, and the pipeline's
+//! bounds. Every table is `deny_unknown_fields`, so a misspelt key is an error naming it. String values may say
+//! `${NAME}` to take an environment variable (an unset one is an error), which is how `pipelines/local.toml` finds
+//! the dev stack's ports.
+use crate::pipeline::settings::{BatchSettings, ImageSettings, Limits, OutputSettings, RetrySettings};
+use crate::pipeline::PipelineSettings;
+use crate::worker::ModelSpec;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// `host:port,host:port`.
+    pub brokers: String,
+    pub group: String,
+    pub jobs_topic: String,
+    pub results_topic: String,
+    pub dlq_topic: String,
+    /// Extra librdkafka properties (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`, …). The daemon's own
+    /// delivery settings (`enable.auto.commit`, `enable.auto.offset.store`, `group.id`) cannot be overridden here.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// How long the pipeline may stay full before the consumer pauses its partitions (it keeps polling).
+    #[serde(default = "default_pause_grace")]
+    pub pause_grace_ms: u64,
+    /// Messages the consumer thread holds (fetched, not yet taken by the pipeline) before it pauses at once.
+    #[serde(default = "default_buffer")]
+    pub buffer: usize,
+}
+
+fn default_pause_grace() -> u64 {
+    500
+}
+fn default_buffer() -> usize {
+    64
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowedInput {
+    pub bucket: String,
+    #[serde(default)]
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    /// `http(s)://host:port`; absent: AWS's regional endpoint.
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// Path-style URLs (`endpoint/bucket/key`): MinIO and most S3-compatible servers need it.
+    #[serde(default = "yes")]
+    pub force_path_style: bool,
+    /// Where job inputs may be read from; any other key is dead-lettered (`forbidden_key`).
+    pub allowed_inputs: Vec<AllowedInput>,
+    /// Per-request timeout in seconds.
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: f64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_timeout() -> f64 {
+    30.0
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// `/metrics`, `/healthz`, `/readyz`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings { listen: default_listen() }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    pub name: String,
+    pub version: String,
+    /// Model folder (relative paths are relative to the pipeline file).
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    kafka: Option<KafkaSettings>,
+    s3: Option<S3Settings>,
+    #[serde(default)]
+    http: HttpSettings,
+    #[serde(default)]
+    models: Vec<ModelEntry>,
+    /// A folder of model folders, found as `glowd run --model-dir` finds them.
+    models_dir: Option<PathBuf>,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    images: ImageSettings,
+    #[serde(default)]
+    batching: BatchSettings,
+    #[serde(default)]
+    retry: RetrySettings,
+    #[serde(default)]
+    output: OutputSettings,
+    #[serde(default)]
+    jobs: crate::job::JobLimits,
+}
+
+/// A loaded, checked pipeline file.
+#[derive(Debug, Clone)]
+pub struct PipelineFile {
+    pub kafka: Option<KafkaSettings>,
+    pub s3: Option<S3Settings>,
+    pub http: HttpSettings,
+    pub models: Vec<ModelSpec>,
+    pub pipeline: PipelineSettings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl PipelineFile {
+    pub fn load(path: &Path) -> Result<PipelineFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| invalid(path, e.to_string()))?;
+        Self::parse(&text, path.parent().unwrap_or(Path::new(".")), &|k| std::env::var(k).ok())
+            .map_err(|m| invalid(path, m))
+    }
+
+    /// Parses a pipeline file's text; `base` resolves relative model paths, `env` answers `${NAME}`.
+    pub fn parse(text: &str, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<PipelineFile, String> {
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
+        expand(&mut value, env, "")?;
+        let raw: RawFile = value.try_into().map_err(|e: toml::de::Error| e.to_string())?;
+        let mut models: Vec<ModelSpec> = raw
+            .models
+            .iter()
+            .map(|m| ModelSpec { name: m.name.clone(), version: m.version.clone(), path: base.join(&m.path) })
+            .collect();
+        if let Some(dir) = &raw.models_dir {
+            let found = crate::worker::discover_models(&base.join(dir)).map_err(|e| format!("models_dir: {e}"))?;
+            models.extend(found);
+        }
+        let pipeline = PipelineSettings {
+            limits: raw.limits,
+            images: raw.images,
+            batching: raw.batching,
+            retry: raw.retry,
+            output: raw.output,
+            jobs: raw.jobs,
+        };
+        pipeline.check()?;
+        if let Some(s3) = &raw.s3 {
+            for a in &s3.allowed_inputs {
+                crate::job::AllowedPrefix::new(&a.bucket, &a.prefix).map_err(|e| format!("s3.allowed_inputs: {e}"))?;
+            }
+        }
+        Ok(PipelineFile { kafka: raw.kafka, s3: raw.s3, http: raw.http, models, pipeline })
+    }
+
+    /// The daemon's allowed input prefixes.
+    pub fn allowed_inputs(&self) -> Vec<crate::job::AllowedPrefix> {
+        self.s3
+            .iter()
+            .flat_map(|s| s.allowed_inputs.iter())
+            .filter_map(|a| crate::job::AllowedPrefix::new(&a.bucket, &a.prefix).ok())
+            .collect()
+    }
+}
+
+fn invalid(path: &Path, message: String) -> ConfigError {
+    ConfigError::Invalid { path: path.display().to_string(), message }
+}
+
+/// Replaces `${NAME}` in every string value.
+fn expand(v: &mut toml::Value, env: &dyn Fn(&str) -> Option<String>, at: &str) -> Result<(), String> {
+    match v {
+        toml::Value::String(s) => {
+            let mut out = String::new();
+            let mut rest = s.as_str();
+            while let Some(i) = rest.find("${") {
+                out.push_str(&rest[..i]);
+                let end = rest[i..].find('}').ok_or_else(|| format!("{at}: unclosed `${{`"))?;
+                let name = &rest[i + 2..i + end];
+                let value = env(name).ok_or_else(|| format!("{at}: environment variable {name} is not set"))?;
+                out.push_str(&value);
+                rest = &rest[i + end + 1..];
+            }
+            out.push_str(rest);
+            *s = out;
+        }
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                let at = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+                expand(v, env, &at)?;
+            }
+        }
+        toml::Value::Array(a) => {
+            for (i, v) in a.iter_mut().enumerate() {
+                expand(v, env, &format!("{at}[{i}]"))?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named_and_env_is_expanded() {
+        let env = |k: &str| (k == "B").then(|| "127.0.0.1:9".to_string());
+        let ok = "[kafka]\nbrokers = \"${B}\"\ngroup = \"g\"\njobs_topic = \"j\"\nresults_topic = \"r\"\ndlq_topic = \"d\"\n";
+        let f = PipelineFile::parse(ok, Path::new("."), &env).unwrap();
+        assert_eq!(f.kafka.unwrap().brokers, "127.0.0.1:9");
+        let e = PipelineFile::parse("[limits]\nmax_in_flight = 3\n", Path::new("."), &env).unwrap_err();
+        assert!(e.contains("max_in_flight"), "{e}");
+        let e = PipelineFile::parse("[batching]\nmax_batch = 0\n", Path::new("."), &env).unwrap_err();
+        assert!(e.contains("batching.max_batch"), "{e}");
+        let e = PipelineFile::parse("[output]\nprefix = \"${NOPE}\"\n", Path::new("."), &env).unwrap_err();
+        assert!(e.contains("NOPE") && e.contains("output.prefix"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod local_file {
+    #[test]
+    fn pipelines_local_toml_parses() {
+        let env = |k: &str| match k {
+            "KAFKA_BROKERS" => Some("127.0.0.1:9092".to_string()),
+            "S3_ENDPOINT" => Some("http://127.0.0.1:9000".to_string()),
+            "S3_BUCKET" => Some("glowd".to_string()),
+            "AWS_REGION" => Some("us-east-1".to_string()),
+            _ => None,
+        };
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+        let text = std::fs::read_to_string(dir.join("local.toml")).unwrap();
+        let f = super::PipelineFile::parse(&text, &dir, &env).unwrap();
+        assert_eq!(f.kafka.unwrap().jobs_topic, "glowd.jobs");
+        assert_eq!(f.pipeline.images.crop, Some([10, 25, 80, 95]));
+        assert_eq!(f.models, crate::worker::discover_models(&dir.join("../models")).unwrap());
+    }
+}

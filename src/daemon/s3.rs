@@ -1,0 +1,152 @@
+//! The S3 store (aws-sdk-s3): whole-object reads with a size cap, create-only writes (`If-None-Match: *`, a 412
+//! means the object exists: a redelivered job), CRC32C on every upload, and a start-up self-test that the server
+//! honours conditional writes (RELIABILITY.md decisions 3 and 9, G12). Credentials come from the standard AWS
+//! chain (environment, profile, instance role); nothing here logs them.
+use super::config::S3Settings;
+use crate::pipeline::store::{BoxFuture, ObjectStore, PutOutcome, StoreError};
+use aws_sdk_s3::config::{BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::ChecksumAlgorithm;
+use aws_sdk_s3::Client;
+use std::time::Duration;
+
+#[derive(Clone)]
+pub struct S3Store {
+    client: Client,
+}
+
+impl S3Store {
+    pub async fn new(s: &S3Settings) -> S3Store {
+        let shared = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(s.region.clone())).load().await;
+        let timeout = Duration::from_secs_f64(s.timeout_seconds.max(0.1));
+        let mut b = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(s.force_path_style)
+            // The 2025 SDK default (checksums on every request) breaks many S3-compatible servers; we ask for CRC32C
+            // explicitly on uploads instead.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            // The SDK's own retries are few and quick; the pipeline retries with its own budget on top.
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(3))
+            .timeout_config(
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(timeout)
+                    .connect_timeout(Duration::from_secs(5))
+                    .build(),
+            );
+        if let Some(endpoint) = &s.endpoint {
+            b = b.endpoint_url(endpoint);
+        }
+        S3Store { client: Client::from_conf(b.build()) }
+    }
+
+    /// Writes `key` create-only twice: the second write must be refused (412). A store that overwrites instead
+    /// would turn redelivered jobs into duplicate writes, so the daemon refuses to become ready on it. The probe
+    /// key is fixed, so only one small object ever exists.
+    pub async fn self_test(&self, bucket: &str, key: &str) -> Result<(), String> {
+        let body = b"glowd conditional-write probe\n".to_vec();
+        for attempt in 0..2 {
+            match self.put_if_absent(bucket, key, body.clone(), "text/plain").await {
+                Ok(PutOutcome::AlreadyExists) => return Ok(()),
+                Ok(PutOutcome::Created) if attempt == 0 => continue,
+                Ok(PutOutcome::Created) => {
+                    return Err(format!(
+                        "s3://{bucket}/{key}: a second create-only write (If-None-Match: *) succeeded: this store \
+                         ignores conditional writes, so outputs could be overwritten"
+                    ))
+                }
+                Err(e) => return Err(format!("s3://{bucket}/{key}: {e}")),
+            }
+        }
+        unreachable!()
+    }
+}
+
+fn classify<E: std::fmt::Debug>(e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> (Option<u16>, String) {
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    let message = match e {
+        SdkError::ServiceError(s) => format!("{:?}", s.err()).chars().take(300).collect(),
+        SdkError::TimeoutError(_) => "timed out".into(),
+        SdkError::DispatchFailure(d) => {
+            format!("dispatch failure ({:?})", d.as_connector_error().map(|c| c.to_string()))
+        }
+        other => format!("{other}"),
+    };
+    (status, message)
+}
+
+fn store_error(status: Option<u16>, message: String) -> StoreError {
+    match status {
+        Some(404) => StoreError::NotFound,
+        Some(401 | 403) => StoreError::Denied(message),
+        Some(400) => StoreError::Denied(format!("bad request: {message}")),
+        _ => StoreError::Transient(match status {
+            Some(s) => format!("HTTP {s}: {message}"),
+            None => message,
+        }),
+    }
+}
+
+impl ObjectStore for S3Store {
+    fn get<'a>(&'a self, bucket: &'a str, key: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Vec<u8>, StoreError>> {
+        Box::pin(async move {
+            let resp = match self.client.get_object().bucket(bucket).key(key).send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    if let SdkError::ServiceError(s) = &e {
+                        if s.err().is_no_such_key() {
+                            return Err(StoreError::NotFound);
+                        }
+                    }
+                    let (status, message) = classify(&e);
+                    return Err(store_error(status, message));
+                }
+            };
+            let size = resp.content_length().unwrap_or(0).max(0) as u64;
+            if size > max_bytes {
+                return Err(StoreError::TooLarge { size, limit: max_bytes });
+            }
+            let bytes =
+                resp.body.collect().await.map_err(|e| StoreError::Transient(format!("reading the body: {e}")))?;
+            let bytes = bytes.into_bytes();
+            if bytes.len() as u64 > max_bytes {
+                return Err(StoreError::TooLarge { size: bytes.len() as u64, limit: max_bytes });
+            }
+            Ok(bytes.to_vec())
+        })
+    }
+
+    fn put_if_absent<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+        body: Vec<u8>,
+        content_type: &'a str,
+    ) -> BoxFuture<'a, Result<PutOutcome, StoreError>> {
+        Box::pin(async move {
+            let sent = self
+                .client
+                .put_object()
+                .bucket(bucket)
+                .key(key)
+                .body(ByteStream::from(body))
+                .content_type(content_type)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+                .if_none_match("*")
+                .send()
+                .await;
+            match sent {
+                Ok(_) => Ok(PutOutcome::Created),
+                Err(e) => {
+                    let (status, message) = classify(&e);
+                    match status {
+                        Some(412) => Ok(PutOutcome::AlreadyExists),
+                        // 409: a concurrent conditional write of the same key is in progress: try again.
+                        Some(409) => Err(StoreError::Transient(format!("HTTP 409: {message}"))),
+                        _ => Err(store_error(status, message)),
+                    }
+                }
+            }
+        })
+    }
+}

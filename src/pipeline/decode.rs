@@ -1,0 +1,139 @@
+//! Untrusted image bytes → the model's pixel planes, defensively (RELIABILITY.md decision 8): a byte cap, a format
+//! allow-list checked against the bytes (never the key's extension), the header's dimensions checked before any
+//! pixel is decoded, `image::Limits` on the decoder (width/height strict, `max_alloc`), then the crop box and the
+//! resize to the model.
+use super::error::StageError;
+use super::settings::ImageSettings;
+use crate::imageio::{image_to_pixels, Fit, ImageError, Pixels};
+use crate::job::Stage;
+use image::{ImageFormat, ImageReader, Limits};
+use std::io::Cursor;
+use std::path::Path;
+
+/// Input formats a pipeline may accept (`image_formats` in the pipeline file).
+pub const KNOWN_FORMATS: [&str; 4] = ["png", "jpeg", "webp", "gif"];
+
+fn format_name(f: ImageFormat) -> &'static str {
+    match f {
+        ImageFormat::Png => "png",
+        ImageFormat::Jpeg => "jpeg",
+        ImageFormat::WebP => "webp",
+        ImageFormat::Gif => "gif",
+        _ => "other",
+    }
+}
+
+/// Decodes `bytes` (read from `label`, an s3:// URI, used in messages) to `channels × size × size` planes.
+pub fn decode_image(
+    bytes: &[u8],
+    settings: &ImageSettings,
+    channels: u8,
+    size: u32,
+    label: &str,
+) -> Result<Pixels, StageError> {
+    let dead = |kind, m: String| StageError::dead(kind, Stage::Decode, format!("{label}: {m}"));
+    if bytes.is_empty() {
+        return Err(dead("empty_input", "the object is empty (0 bytes)".into()));
+    }
+    if bytes.len() as u64 > settings.max_input_bytes {
+        return Err(dead(
+            "input_too_large",
+            format!("{} bytes, over the {}-byte limit", bytes.len(), settings.max_input_bytes),
+        ));
+    }
+    let allowed = settings.formats.join(", ");
+    let format = image::guess_format(bytes)
+        .map_err(|_| dead("unsupported_format", format!("not a recognised image (accepted: {allowed})")))?;
+    let name = format_name(format);
+    if !settings.formats.iter().any(|f| f == name) {
+        return Err(dead("unsupported_format", format!("{name} images are not accepted (accepted: {allowed})")));
+    }
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(settings.max_side);
+    limits.max_image_height = Some(settings.max_side);
+    limits.max_alloc = Some(settings.max_decode_bytes);
+    let reader = |limits: Limits| {
+        let mut r = ImageReader::with_format(Cursor::new(bytes), format);
+        r.limits(limits);
+        r
+    };
+    // The header first: a small file declaring a huge image is refused before any allocation.
+    let (w, h) = reader(limits.clone()).into_dimensions().map_err(|e| map_image_error(e, label))?;
+    if w == 0 || h == 0 {
+        return Err(dead("corrupt_image", format!("{w}x{h} image")));
+    }
+    if w > settings.max_side || h > settings.max_side || u64::from(w) * u64::from(h) > settings.max_pixels {
+        return Err(dead(
+            "over_pixel_limit",
+            format!("{w}x{h} image, over the limits ({} pixels, {} per side)", settings.max_pixels, settings.max_side),
+        ));
+    }
+    let img = reader(limits).decode().map_err(|e| map_image_error(e, label))?;
+    let fit = Fit { crop: settings.crop.map(|[l, t, r, b]| (l, t, r, b)), resize: settings.resize };
+    image_to_pixels(img, Path::new(label), channels, size, fit).map_err(|e| match e {
+        ImageError::WrongChannels { .. } => StageError::dead("wrong_channels", Stage::Decode, e.to_string()),
+        other => StageError::dead("wrong_size", Stage::Decode, other.to_string()),
+    })
+}
+
+fn map_image_error(e: image::ImageError, label: &str) -> StageError {
+    use image::ImageError as E;
+    let (kind, m) = match &e {
+        E::Limits(_) => ("over_pixel_limit", format!("over the decoding limits ({e})")),
+        E::Unsupported(_) => ("unsupported_format", e.to_string()),
+        E::Decoding(_) | E::Parameter(_) => ("corrupt_image", format!("cannot decode ({e})")),
+        E::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            ("corrupt_image", "truncated image data".to_string())
+        }
+        _ => ("corrupt_image", format!("cannot decode ({e})")),
+    };
+    StageError::dead(kind, Stage::Decode, format!("{label}: {m}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let img = image::RgbImage::from_pixel(w, h, image::Rgb([10, 20, 30]));
+        let mut out = Cursor::new(Vec::new());
+        image::DynamicImage::ImageRgb8(img).write_to(&mut out, ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    fn settings() -> ImageSettings {
+        ImageSettings { max_pixels: 10_000, max_side: 200, ..ImageSettings::default() }
+    }
+
+    #[test]
+    fn bad_bytes_get_their_kind() {
+        let s = settings();
+        let kind = |b: &[u8]| decode_image(b, &s, 3, 8, "s3://b/k").unwrap_err().kind;
+        assert_eq!(kind(b""), "empty_input");
+        assert_eq!(kind(b"hello, not an image"), "unsupported_format");
+        let good = png(8, 8);
+        assert_eq!(kind(&good[..good.len() / 2]), "corrupt_image");
+        assert_eq!(kind(&png(150, 150)), "over_pixel_limit");
+        assert_eq!(kind(&png(300, 2)), "over_pixel_limit");
+        let mut gif = Cursor::new(Vec::new());
+        image::DynamicImage::ImageRgb8(image::RgbImage::new(4, 4)).write_to(&mut gif, ImageFormat::Gif).unwrap();
+        assert_eq!(kind(&gif.into_inner()), "unsupported_format");
+        assert!(decode_image(&good, &s, 3, 8, "s3://b/k").is_ok());
+        assert_eq!(decode_image(&good, &s, 1, 8, "s3://b/k").unwrap_err().kind, "wrong_channels");
+    }
+
+    #[test]
+    fn a_huge_declared_size_is_refused_from_the_header() {
+        // A valid PNG signature and IHDR declaring 100000 x 100000, and nothing else.
+        let mut bytes = png(1, 1);
+        bytes[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        bytes[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        let mut crc = flate2::Crc::new();
+        crc.update(&bytes[12..29]);
+        bytes[29..33].copy_from_slice(&crc.sum().to_be_bytes());
+        let t = std::time::Instant::now();
+        let e = decode_image(&bytes, &settings(), 3, 8, "s3://b/bomb.png").unwrap_err();
+        assert_eq!(e.kind, "over_pixel_limit", "{e}");
+        assert!(t.elapsed().as_millis() < 50);
+    }
+}

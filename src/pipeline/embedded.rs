@@ -1,0 +1,136 @@
+//! The embedded mode: the pipeline with a local source and sink, no Kafka or S3. Job lines come from a JSON-lines
+//! file (the same JSON as the Kafka messages), `s3://bucket/key` inputs are read from `<input dir>/bucket/key`,
+//! outputs go to `<output dir>/<prefix>/<job id>/…`, results and dead letters to JSON-lines files.
+use super::{Envelope, JsonlReporter, LocalStore, Pipeline, PipelineSettings, RunSummary};
+use crate::job::SourcePosition;
+use crate::worker::{discover_models, DeviceWorker, ModelSpec, WorkerConfig};
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// A model folder, or a folder of model folders (see [`discover_models`]).
+    pub model_dir: PathBuf,
+    pub jobs: PathBuf,
+    pub input_dir: PathBuf,
+    pub output_dir: PathBuf,
+    /// Default `<output dir>/results.jsonl`.
+    pub results: Option<PathBuf>,
+    /// Default `<output dir>/dead-letters.jsonl`.
+    pub dead_letters: Option<PathBuf>,
+    pub settings: PipelineSettings,
+}
+
+impl EmbeddedOptions {
+    pub fn results_path(&self) -> PathBuf {
+        self.results.clone().unwrap_or_else(|| self.output_dir.join("results.jsonl"))
+    }
+
+    pub fn dead_letters_path(&self) -> PathBuf {
+        self.dead_letters.clone().unwrap_or_else(|| self.output_dir.join("dead-letters.jsonl"))
+    }
+}
+
+/// Loads the models, starts the device workers, runs every job line, and returns the counts. Ctrl-C stops the
+/// intake and drains. An error means the run could not start or stopped on a fatal error.
+pub fn run_embedded(opts: &EmbeddedOptions) -> Result<RunSummary, String> {
+    opts.settings.check()?;
+    let specs = discover_models(&opts.model_dir).map_err(|e| format!("{}: {e}", opts.model_dir.display()))?;
+    if specs.is_empty() {
+        return Err(format!(
+            "{}: no model folders (config.json + weights.safetensors) found",
+            opts.model_dir.display()
+        ));
+    }
+    let workers = start_workers(&opts.settings, &specs)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("glowd-pipeline")
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let reporter = JsonlReporter::create(&opts.results_path(), &opts.dead_letters_path())
+            .map_err(|e| format!("{}: {e}", opts.output_dir.display()))?;
+        let pipeline = Pipeline::new(
+            opts.settings.clone(),
+            &workers,
+            Arc::new(LocalStore::with_buckets(&opts.input_dir)),
+            Arc::new(LocalStore::flat(&opts.output_dir)),
+            Arc::new(reporter),
+            None,
+        )?;
+        let (tx, rx) = mpsc::channel(opts.settings.limits.max_in_flight_jobs);
+        let reader = spawn_reader(opts.jobs.clone(), tx)?;
+        let stop = CancellationToken::new();
+        let on_signal = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                tracing::warn!("interrupted: no new jobs; draining the ones in flight");
+                on_signal.cancel();
+            }
+        });
+        let summary = pipeline.run(rx, stop).await.map_err(|e| e.to_string())?;
+        drop(pipeline);
+        reader.join().map_err(|_| "the jobs reader panicked".to_string())??;
+        Ok(summary)
+    })
+}
+
+/// One worker per configured device, each holding every model.
+pub fn start_workers(settings: &PipelineSettings, specs: &[ModelSpec]) -> Result<Vec<DeviceWorker>, String> {
+    settings
+        .batching
+        .devices
+        .iter()
+        .map(|d| {
+            DeviceWorker::spawn(
+                WorkerConfig {
+                    device: d.clone(),
+                    threads: settings.batching.threads,
+                    max_batch: settings.batching.max_batch,
+                },
+                specs.to_vec(),
+            )
+            .map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+/// Reads the jobs file on its own thread, one envelope per non-empty line; the bounded channel holds it back when
+/// the pipeline is full. The source position is (file name, 0, line number from 0).
+fn spawn_reader(
+    path: PathBuf,
+    tx: mpsc::Sender<Envelope>,
+) -> Result<std::thread::JoinHandle<Result<(), String>>, String> {
+    let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let topic: String = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "jobs".into());
+    let topic: String = topic.chars().take(249).collect();
+    std::thread::Builder::new()
+        .name("glowd-jobs-reader".into())
+        .spawn(move || {
+            let mut reader = std::io::BufReader::new(file);
+            let mut line = Vec::new();
+            let mut number = 0i64;
+            loop {
+                line.clear();
+                let n = reader.read_until(b'\n', &mut line).map_err(|e| format!("{}: {e}", path.display()))?;
+                if n == 0 {
+                    return Ok(());
+                }
+                let payload = line.strip_suffix(b"\n").unwrap_or(&line);
+                let payload = payload.strip_suffix(b"\r").unwrap_or(payload);
+                if !payload.iter().all(u8::is_ascii_whitespace) {
+                    let source = SourcePosition { topic: topic.clone(), partition: 0, offset: number };
+                    if tx.blocking_send(Envelope::new(payload.to_vec(), Some(source), None)).is_err() {
+                        return Ok(()); // the pipeline stopped taking jobs
+                    }
+                }
+                number += 1;
+            }
+        })
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,180 @@
+//! The pipeline's knobs: every bound with its default and what happens when it is reached. The same structs are
+//! the `[limits]`, `[images]`, `[batching]`, `[retry]` and `[output]` tables of a pipeline file
+//! (`deny_unknown_fields`: a misspelt key is an error, not a silent default).
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Bounds on work in flight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Jobs taken and not finished. When reached, intake waits (the Kafka source pauses its partitions after a
+    /// grace period and keeps polling).
+    pub max_in_flight_jobs: usize,
+    /// Bytes of fetched inputs held by jobs in flight. When reached, fetches wait for earlier jobs to finish.
+    pub max_in_flight_bytes: u64,
+    /// Concurrent input fetches. Further fetches wait.
+    pub fetch_concurrency: usize,
+    /// Concurrent output writes (objects, not jobs). Further writes wait.
+    pub put_concurrency: usize,
+    /// On SIGTERM or the end of the input, how long in-flight jobs may take to finish; the rest are abandoned
+    /// unacknowledged (they are redelivered).
+    pub drain_timeout_seconds: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_in_flight_jobs: 64,
+            max_in_flight_bytes: 256 * 1024 * 1024,
+            fetch_concurrency: 16,
+            put_concurrency: 32,
+            drain_timeout_seconds: 25.0,
+        }
+    }
+}
+
+/// How untrusted input images are decoded and fitted to the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageSettings {
+    /// Largest input object; a bigger one is dead-lettered (`input_too_large`) without being read whole.
+    pub max_input_bytes: u64,
+    /// Largest width × height; checked from the header before decoding (`over_pixel_limit`).
+    pub max_pixels: u64,
+    /// Largest width or height (strict `image::Limits`).
+    pub max_side: u32,
+    /// Most bytes the decoder may allocate (`image::Limits::max_alloc`).
+    pub max_decode_bytes: u64,
+    /// Accepted formats, recognised from the bytes: any of png, jpeg, webp, gif.
+    pub formats: Vec<String>,
+    /// Crop box `[left, top, right, bottom]` applied first (CelebA faces: `[10, 25, 80, 95]`); a box that does not
+    /// fit the image is `wrong_size`.
+    pub crop: Option<[u32; 4]>,
+    /// Centre-crop to a square and resize (Lanczos) to the model's size; without it a wrong size is `wrong_size`.
+    pub resize: bool,
+}
+
+impl Default for ImageSettings {
+    fn default() -> Self {
+        ImageSettings {
+            max_input_bytes: 16 * 1024 * 1024,
+            max_pixels: 16 * 1024 * 1024,
+            max_side: 8192,
+            max_decode_bytes: 256 * 1024 * 1024,
+            formats: vec!["png".into(), "jpeg".into(), "webp".into()],
+            crop: None,
+            resize: true,
+        }
+    }
+}
+
+/// The device side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchSettings {
+    /// Most images in one forward pass (and the warm-up size). The pull batcher takes queued jobs up to this many
+    /// images; more wait for the next batch.
+    pub max_batch: usize,
+    /// Devices, one worker thread each: `cpu`, `cuda`, `cuda:N`, `auto`.
+    pub devices: Vec<String>,
+    /// Torch CPU threads (0: torch's default).
+    pub threads: i32,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        BatchSettings { max_batch: 16, devices: vec!["cpu".into()], threads: 0 }
+    }
+}
+
+/// Transient failures (S3 5xx, timeouts, device errors, sink outages): exponential backoff with full jitter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// After this long retrying one stage of one job, the job is dead-lettered (`retries_exhausted`).
+    pub max_elapsed_seconds: f64,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings { initial_backoff_ms: 100, max_backoff_ms: 10_000, max_elapsed_seconds: 600.0 }
+    }
+}
+
+impl RetrySettings {
+    /// The wait before attempt `attempt` (1-based: the wait after the first failure is `backoff(1)`).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let cap = self.initial_backoff_ms.saturating_mul(1u64 << attempt.min(20)).min(self.max_backoff_ms).max(1);
+        let jittered = rand::Rng::gen_range(&mut rand::thread_rng(), cap / 2..=cap);
+        Duration::from_millis(jittered)
+    }
+
+    pub fn budget(&self) -> Duration {
+        Duration::from_secs_f64(self.max_elapsed_seconds.max(0.0))
+    }
+}
+
+/// Where outputs go.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputSettings {
+    /// Bucket of the outputs (ignored by the embedded mode's output folder).
+    pub bucket: String,
+    /// Key prefix: a job's outputs go under `<prefix>/<job id>/`.
+    pub prefix: String,
+}
+
+/// Everything the pipeline core needs besides its source, stores and reporter.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineSettings {
+    pub limits: Limits,
+    pub images: ImageSettings,
+    pub batching: BatchSettings,
+    pub retry: RetrySettings,
+    pub output: OutputSettings,
+    pub jobs: crate::job::JobLimits,
+}
+
+impl PipelineSettings {
+    /// Refuses settings that cannot work, naming the key.
+    pub fn check(&self) -> Result<(), String> {
+        let positive = |name: &str, v: u64| if v == 0 { Err(format!("{name} must be at least 1")) } else { Ok(()) };
+        positive("limits.max_in_flight_jobs", self.limits.max_in_flight_jobs as u64)?;
+        positive("limits.max_in_flight_bytes", self.limits.max_in_flight_bytes)?;
+        positive("limits.fetch_concurrency", self.limits.fetch_concurrency as u64)?;
+        positive("limits.put_concurrency", self.limits.put_concurrency as u64)?;
+        positive("images.max_input_bytes", self.images.max_input_bytes)?;
+        positive("images.max_pixels", self.images.max_pixels)?;
+        positive("images.max_side", self.images.max_side as u64)?;
+        positive("batching.max_batch", self.batching.max_batch as u64)?;
+        if self.batching.devices.is_empty() {
+            return Err("batching.devices must name at least one device".into());
+        }
+        for f in &self.images.formats {
+            if !super::decode::KNOWN_FORMATS.contains(&f.as_str()) {
+                return Err(format!(
+                    "images.formats: unknown format `{f}` (known: {})",
+                    super::decode::KNOWN_FORMATS.join(", ")
+                ));
+            }
+        }
+        if let Some([l, t, r, b]) = self.images.crop {
+            if r <= l || b <= t {
+                return Err(format!("images.crop: [{l}, {t}, {r}, {b}] is empty (right > left and bottom > top)"));
+            }
+        }
+        let prefix = self.output.prefix.trim_end_matches('/');
+        if !prefix.is_empty() {
+            crate::job::check_key(prefix).map_err(|e| format!("output.prefix: {e}"))?;
+        }
+        self.jobs.check().map_err(|e| format!("jobs: {e}"))?;
+        if !(self.limits.drain_timeout_seconds >= 0.0) {
+            return Err("limits.drain_timeout_seconds must be >= 0".into());
+        }
+        Ok(())
+    }
+}

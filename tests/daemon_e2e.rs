@@ -1,0 +1,664 @@
+//! `glowd serve` end to end against the real broker (Kafka 4.1.1, KRaft) and the real S3 server (MinIO) that
+//! `scripts/dev-stack up` starts on 127.0.0.1: every job kind, each bad input to the DLQ with its reason headers,
+//! `/metrics`, and a clean stop (SIGTERM) after which a restart reprocesses nothing.
+//!
+//! Each test uses its own topics, consumer group and key prefixes, so tests (and reruns) never see each other's
+//! records. They run one at a time (a lock): two daemons and the broker on two cores would only be slower.
+mod common;
+use aws_sdk_s3::primitives::ByteStream;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The dev stack's `scripts/dev-stack env`, started once per test binary (idempotent).
+fn stack() -> &'static HashMap<String, String> {
+    static STACK: OnceLock<HashMap<String, String>> = OnceLock::new();
+    STACK.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dev-stack");
+        let up = Command::new(&script).arg("up").output().expect("scripts/dev-stack runs");
+        assert!(up.status.success(), "dev-stack up failed:\n{}", String::from_utf8_lossy(&up.stderr));
+        let env = Command::new(&script).arg("env").output().expect("dev-stack env");
+        assert!(env.status.success());
+        String::from_utf8_lossy(&env.stdout)
+            .split_whitespace()
+            .filter_map(|w| w.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches(|c| c == '"' || c == '\'').to_string()))
+            .collect()
+    })
+}
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+struct Names {
+    jobs: String,
+    results: String,
+    dlq: String,
+    group: String,
+    inputs: String,
+    outputs: String,
+}
+
+fn names(test: &str) -> Names {
+    let tag = format!(
+        "{test}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+    );
+    Names {
+        jobs: format!("e2e.{tag}.jobs"),
+        results: format!("e2e.{tag}.results"),
+        dlq: format!("e2e.{tag}.dlq"),
+        group: format!("e2e-{tag}"),
+        inputs: format!("e2e-in/{tag}"),
+        outputs: format!("e2e-out/{tag}"),
+    }
+}
+
+fn brokers() -> String {
+    stack()["KAFKA_BROKERS"].clone()
+}
+
+fn bucket() -> String {
+    stack()["S3_BUCKET"].clone()
+}
+
+async fn create_topics(n: &Names) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+    let topics = [
+        NewTopic::new(&n.jobs, 3, TopicReplication::Fixed(1)),
+        NewTopic::new(&n.results, 1, TopicReplication::Fixed(1)),
+        NewTopic::new(&n.dlq, 1, TopicReplication::Fixed(1)),
+    ];
+    for r in admin.create_topics(&topics, &AdminOptions::new()).await.unwrap() {
+        r.unwrap();
+    }
+}
+
+async fn s3() -> aws_sdk_s3::Client {
+    let env = stack();
+    let creds = aws_sdk_s3::config::Credentials::new(
+        &env["AWS_ACCESS_KEY_ID"],
+        &env["AWS_SECRET_ACCESS_KEY"],
+        None,
+        None,
+        "test",
+    );
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new(env["AWS_REGION"].clone()))
+        .endpoint_url(&env["S3_ENDPOINT"])
+        .force_path_style(true)
+        .credentials_provider(creds)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+async fn put(client: &aws_sdk_s3::Client, key: &str, body: Vec<u8>) {
+    client.put_object().bucket(bucket()).key(key).body(ByteStream::from(body)).send().await.unwrap();
+}
+
+async fn get(client: &aws_sdk_s3::Client, key: &str) -> Option<Vec<u8>> {
+    let r = client.get_object().bucket(bucket()).key(key).send().await.ok()?;
+    Some(r.body.collect().await.unwrap().into_bytes().to_vec())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(config: &Path, log: &Path, port: u16) -> Daemon {
+        let env = stack();
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_glowd"))
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .env("GLOWD_LOG", "info")
+            .env("AWS_ACCESS_KEY_ID", &env["AWS_ACCESS_KEY_ID"])
+            .env("AWS_SECRET_ACCESS_KEY", &env["AWS_SECRET_ACCESS_KEY"])
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        let d = Daemon { child, log: log.to_path_buf() };
+        let t0 = Instant::now();
+        while http_get(port, "/readyz").map(|(s, _)| s) != Some(200) {
+            assert!(t0.elapsed() < Duration::from_secs(180), "not ready in 180 s:\n{}", d.log_text());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        d
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "no exit 60 s after SIGTERM:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.1 GET: (status, body).
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, out.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default()))
+}
+
+fn config(dir: &Path, n: &Names, model: &Path, port: u16) -> PathBuf {
+    let env = stack();
+    let text = format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+group = "{group}"
+jobs_topic = "{jobs}"
+results_topic = "{results}"
+dlq_topic = "{dlq}"
+pause_grace_ms = 200
+
+[s3]
+endpoint = "{endpoint}"
+region = "{region}"
+allowed_inputs = [{{ bucket = "{bucket}", prefix = "{inputs}" }}]
+
+[http]
+listen = "127.0.0.1:{port}"
+
+[[models]]
+name = "faces"
+version = "1"
+path = "{model}"
+
+[batching]
+max_batch = 4
+threads = 1
+
+[limits]
+max_in_flight_jobs = 16
+drain_timeout_seconds = 20
+
+[retry]
+max_elapsed_seconds = 30
+
+[output]
+bucket = "{bucket}"
+prefix = "{outputs}"
+"#,
+        brokers = brokers(),
+        group = n.group,
+        jobs = n.jobs,
+        results = n.results,
+        dlq = n.dlq,
+        endpoint = env["S3_ENDPOINT"],
+        region = env["AWS_REGION"],
+        bucket = bucket(),
+        inputs = n.inputs,
+        outputs = n.outputs,
+        model = model.display(),
+    );
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn produce(topic: &str, payloads: &[String]) {
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", brokers()).set("acks", "all").create().unwrap();
+    let keys: Vec<String> = (0..payloads.len()).map(|i| format!("k{i}")).collect();
+    // Enqueue everything, then await the deliveries: one round trip per batch, not per message.
+    let deliveries: Vec<_> = payloads
+        .iter()
+        .zip(&keys)
+        .map(|(p, k)| producer.send_result(FutureRecord::to(topic).payload(p).key(k)).map_err(|(e, _)| e).unwrap())
+        .collect();
+    for d in deliveries {
+        d.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+}
+
+/// A record read back: payload and headers.
+struct Record {
+    payload: Vec<u8>,
+    headers: BTreeMap<String, String>,
+}
+
+/// Reads `topic` from the start until `want` records arrived (or the timeout), then for `settle` longer.
+fn consume(topic: &str, want: usize, timeout: Duration, settle: Duration) -> Vec<Record> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("reader-{}-{}", topic, std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let t0 = Instant::now();
+    let mut reached: Option<Instant> = None;
+    loop {
+        if out.len() >= want && reached.is_none() {
+            reached = Some(Instant::now());
+        }
+        if reached.is_some_and(|r| r.elapsed() >= settle) || t0.elapsed() > timeout {
+            return out;
+        }
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(Record { payload: m.payload().unwrap_or_default().to_vec(), headers });
+        }
+    }
+}
+
+fn job(id: &str, kind: &str, extra: Value) -> String {
+    let mut v = json!({"version": 1, "id": id, "kind": kind, "model": {"name": "faces", "version": "1"}});
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    v.to_string()
+}
+
+#[test]
+fn every_kind_end_to_end_and_bad_inputs_to_the_dlq() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let n = names("kinds");
+    let model = common::pipeline::model_with_directions(tmp.path());
+    let rt = runtime();
+    let client = rt.block_on(s3());
+    let input = |name: &str| format!("s3://{}/{}/{name}", bucket(), n.inputs);
+    rt.block_on(async {
+        create_topics(&n).await;
+        put(&client, &format!("{}/a.png", n.inputs), common::pipeline::png_bytes(40, 48, 1)).await;
+        put(&client, &format!("{}/b.png", n.inputs), common::pipeline::png_bytes(32, 32, 2)).await;
+        put(&client, &format!("{}/empty.png", n.inputs), vec![]).await;
+        let good = common::pipeline::png_bytes(32, 32, 3);
+        put(&client, &format!("{}/truncated.png", n.inputs), good[..good.len() / 2].to_vec()).await;
+        put(&client, &format!("{}/notes.png", n.inputs), b"not an image".to_vec()).await;
+        put(&client, &format!("{}/bomb.png", n.inputs), common::pipeline::png_bomb()).await;
+        put(&client, &format!("{}/grey.png", n.inputs), common::pipeline::grey_png()).await;
+        put(&client, "e2e-private/secret.png", common::pipeline::png_bytes(32, 32, 4)).await;
+    });
+    let (a, b) = (input("a.png"), input("b.png"));
+    let good = vec![
+        job(
+            "edit-1",
+            "edit",
+            json!({"input": a, "edits": [{"attribute": "Smiling", "strength": 0.8}], "write_latents": true}),
+        ),
+        job("encode-1", "encode", json!({"input": b})),
+        job(
+            "augment-1",
+            "augment",
+            json!({"input": a, "variants": 2, "attributes": [{"attribute": "Eyeglasses", "min": -1, "max": 1}]}),
+        ),
+        job("interp-1", "interpolate", json!({"inputs": [a, b], "frames": 3, "animation": true, "format": "webp"})),
+        job("sample-1", "sample", json!({"n": 2, "seed": 3})),
+    ];
+    let bad: Vec<(String, &str)> = vec![
+        ("{not json".into(), "not_json"),
+        (job("v9", "encode", json!({"version": 9, "input": b})), "unknown_version"),
+        (job("paint", "paint", json!({})), "unknown_kind"),
+        (job("schema", "sample", json!({"n": 0})), "schema"),
+        (
+            job("outside", "encode", json!({"input": format!("s3://{}/e2e-private/secret.png", bucket())})),
+            "forbidden_key",
+        ),
+        (job("dotdot", "encode", json!({"input": input("../x.png")})), "forbidden_key"),
+        (job("nomodel", "sample", json!({"n": 1, "model": {"name": "cats", "version": "2"}})), "unknown_model"),
+        (
+            job("noattr", "edit", json!({"input": a, "edits": [{"attribute": "Bald", "strength": 1}]})),
+            "unknown_attribute",
+        ),
+        (job("missing", "encode", json!({"input": input("nope.png")})), "missing_object"),
+        (job("empty", "encode", json!({"input": input("empty.png")})), "empty_input"),
+        (job("truncated", "encode", json!({"input": input("truncated.png")})), "corrupt_image"),
+        (job("notes", "encode", json!({"input": input("notes.png")})), "unsupported_format"),
+        (job("bomb", "encode", json!({"input": input("bomb.png")})), "over_pixel_limit"),
+        (job("grey", "encode", json!({"input": input("grey.png")})), "wrong_channels"),
+    ];
+    let mut all = good.clone();
+    all.extend(bad.iter().map(|(p, _)| p.clone()));
+
+    let port = free_port();
+    let cfg = config(tmp.path(), &n, &model, port);
+    let daemon = Daemon::start(&cfg, &tmp.path().join("daemon.log"), port);
+    rt.block_on(produce(&n.jobs, &all));
+    let results = consume(&n.results, all.len(), Duration::from_secs(240), Duration::from_secs(1));
+    let dlq = consume(&n.dlq, bad.len(), Duration::from_secs(30), Duration::from_secs(1));
+    let (status, metrics) = http_get(port, "/metrics").unwrap();
+    assert_eq!(http_get(port, "/healthz").unwrap().0, 200);
+    let log = daemon.log_text();
+    let exit = daemon.stop();
+    assert!(exit.success(), "exit {exit:?}:\n{log}");
+
+    // One result per job: done for the good ones, dead_lettered for the bad ones.
+    let results: Vec<Value> = results.iter().map(|r| serde_json::from_slice(&r.payload).unwrap()).collect();
+    assert_eq!(results.len(), all.len(), "{results:#?}\n{log}");
+    for r in &results {
+        glowd::job::validate(glowd::job::SchemaName::Result, r).unwrap_or_else(|e| panic!("{e}: {r}"));
+    }
+    let done: Vec<&Value> = results.iter().filter(|r| r["status"] == "done").collect();
+    assert_eq!(done.len(), good.len(), "{results:#?}");
+    // One DLQ record per bad job: the original payload and the reason in headers.
+    assert_eq!(dlq.len(), bad.len(), "{log}");
+    for (payload, kind) in &bad {
+        let rec: Vec<&Record> = dlq.iter().filter(|r| r.payload == payload.as_bytes()).collect();
+        assert_eq!(rec.len(), 1, "{payload}");
+        let h = &rec[0].headers;
+        assert_eq!(h.get("glowd.error.kind").map(String::as_str), Some(*kind), "{payload}: {h:?}");
+        assert!(!h["glowd.error.message"].is_empty());
+        assert_eq!(h["glowd.source.topic"], n.jobs);
+        assert!(
+            h.contains_key("glowd.source.partition")
+                && h.contains_key("glowd.source.offset")
+                && h.contains_key("glowd.error.stage")
+        );
+    }
+    // Every good job's outputs and manifest in S3, checksums matching.
+    rt.block_on(async {
+        for r in &done {
+            let keys = r["outputs"].as_array().unwrap();
+            let manifest_key = keys.last().unwrap().as_str().unwrap();
+            assert!(manifest_key.starts_with(&n.outputs) && manifest_key.ends_with("/manifest.json"), "{manifest_key}");
+            let manifest: Value = serde_json::from_slice(&get(&client, manifest_key).await.unwrap()).unwrap();
+            glowd::job::validate(glowd::job::SchemaName::Manifest, &manifest).unwrap();
+            for o in manifest["outputs"].as_array().unwrap() {
+                let bytes = get(&client, o["key"].as_str().unwrap()).await.expect("output present");
+                let entry = glowd::job::OutputEntry::of("k", glowd::job::MediaType::Png, &bytes);
+                assert_eq!(o["sha256"].as_str().unwrap(), entry.sha256);
+            }
+        }
+        let edited = get(&client, &format!("{}/edit-1/edited.png", n.outputs)).await.unwrap();
+        assert!(image::load_from_memory(&edited).is_ok());
+        assert!(get(&client, &format!("{}/interp-1/animation.gif", n.outputs)).await.is_some());
+        assert!(get(&client, &format!("{}/encode-1/latents.safetensors", n.outputs)).await.is_some());
+    });
+    assert_eq!(status, 200);
+    for series in [
+        "glowd_jobs_total",
+        "glowd_dead_letters_total",
+        "glowd_batch_size",
+        "glowd_stage_seconds",
+        "glowd_partitions_assigned",
+    ] {
+        assert!(metrics.contains(series), "{series} missing from /metrics:\n{metrics}");
+    }
+}
+
+#[test]
+fn restart_after_a_clean_stop_reprocesses_nothing() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let n = names("restart");
+    let model = common::pipeline::model_with_directions(tmp.path());
+    let rt = runtime();
+    rt.block_on(create_topics(&n));
+    let first: Vec<String> = (0..12).map(|i| job(&format!("s-{i}"), "sample", json!({"n": 1}))).collect();
+    let second: Vec<String> = (12..18).map(|i| job(&format!("s-{i}"), "sample", json!({"n": 1}))).collect();
+    let port = free_port();
+    let cfg = config(tmp.path(), &n, &model, port);
+    let log = tmp.path().join("daemon.log");
+
+    let daemon = Daemon::start(&cfg, &log, port);
+    rt.block_on(produce(&n.jobs, &first));
+    let results = consume(&n.results, first.len(), Duration::from_secs(180), Duration::ZERO);
+    assert_eq!(results.len(), first.len(), "{}", daemon.log_text());
+    let exit = daemon.stop();
+    assert!(exit.success(), "{exit:?}");
+
+    rt.block_on(produce(&n.jobs, &second));
+    let daemon = Daemon::start(&cfg, &log, port);
+    let results = consume(&n.results, first.len() + second.len(), Duration::from_secs(180), Duration::from_secs(5));
+    let exit = daemon.stop();
+    assert!(exit.success(), "{exit:?}");
+    let mut per_job: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &results {
+        let v: Value = serde_json::from_slice(&r.payload).unwrap();
+        *per_job.entry(v["job"].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    assert_eq!(per_job.len(), 18, "{per_job:?}");
+    assert!(per_job.values().all(|&c| c == 1), "a job was processed twice: {per_job:?}");
+}
+
+fn dev_stack(command: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dev-stack");
+    let out = Command::new(&script).arg(command).output().unwrap();
+    assert!(out.status.success(), "dev-stack {command}:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The group's committed offsets on the jobs topic, read without joining the group.
+fn committed(n: &Names, partitions: i32) -> Vec<i64> {
+    let c: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", brokers()).set("group.id", &n.group).create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(&n.jobs, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    got.elements()
+        .iter()
+        .map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .collect()
+}
+
+#[test]
+fn s3_down_for_a_while_loses_nothing_and_holds_offsets() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let n = names("s3down");
+    let model = common::pipeline::model_with_directions(tmp.path());
+    let rt = runtime();
+    rt.block_on(create_topics(&n));
+    let jobs: Vec<String> = (0..10).map(|i| job(&format!("o-{i}"), "sample", json!({"n": 1}))).collect();
+    let port = free_port();
+    let cfg = config(tmp.path(), &n, &model, port);
+    let daemon = Daemon::start(&cfg, &tmp.path().join("daemon.log"), port);
+    dev_stack("stop-s3");
+    rt.block_on(produce(&n.jobs, &jobs));
+    std::thread::sleep(Duration::from_secs(6));
+    let during = consume(&n.results, 1, Duration::from_secs(1), Duration::ZERO);
+    let held = committed(&n, 3);
+    dev_stack("start-s3");
+    let results = consume(&n.results, jobs.len(), Duration::from_secs(120), Duration::from_secs(2));
+    let dlq = consume(&n.dlq, 0, Duration::from_secs(2), Duration::ZERO);
+    let log = daemon.log_text();
+    assert!(daemon.stop().success(), "{log}");
+    assert!(during.is_empty(), "results while the store was down");
+    assert!(held.iter().all(|&o| o <= 0), "offsets committed while the store was down: {held:?}");
+    assert!(log.contains("transient failure, retrying"), "{log}");
+    assert_eq!(results.len(), jobs.len(), "{log}");
+    assert!(results.iter().all(|r| String::from_utf8_lossy(&r.payload).contains("\"done\"")));
+    assert!(dlq.is_empty(), "a transient outage dead-lettered jobs");
+    assert_eq!(committed(&n, 3).iter().sum::<i64>(), jobs.len() as i64, "everything committed after the clean stop");
+}
+
+#[test]
+fn a_backlog_beyond_the_in_flight_limit_pauses_and_resumes_the_partitions() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let n = names("backlog");
+    let model = common::pipeline::model_with_directions(tmp.path());
+    let rt = runtime();
+    rt.block_on(create_topics(&n));
+    let jobs: Vec<String> = (0..60).map(|i| job(&format!("p-{i}"), "sample", json!({"n": 2}))).collect();
+    rt.block_on(produce(&n.jobs, &jobs));
+    let port = free_port();
+    let cfg = config(tmp.path(), &n, &model, port);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("max_in_flight_jobs = 16", "max_in_flight_jobs = 2")
+        .replace("pause_grace_ms = 200", "pause_grace_ms = 50\nbuffer = 2");
+    std::fs::write(&cfg, text).unwrap();
+    let daemon = Daemon::start(&cfg, &tmp.path().join("daemon.log"), port);
+    let results = consume(&n.results, jobs.len(), Duration::from_secs(180), Duration::from_secs(1));
+    let log = daemon.log_text();
+    assert!(daemon.stop().success(), "{log}");
+    assert_eq!(results.len(), jobs.len(), "{log}");
+    assert!(log.contains("paused (pipeline full)") && log.contains("resumed"), "{log}");
+}
+
+/// Throughput through Kafka and S3 against the raw model (not part of the suite: `cargo test --release --test
+/// daemon_e2e -- --ignored --nocapture bench`). Encode jobs over the first `GLOWD_BENCH_JOBS` (256) CelebA images of
+/// `$GLOWD_SHARED_DATA/celeba/img` with the face crop, on `GLOWD_BENCH_MODEL` (models/celeba-32), batch 16.
+#[test]
+#[ignore]
+fn bench_encode_jobs_through_kafka_and_s3() {
+    let _serial = serial();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let data = std::env::var("GLOWD_SHARED_DATA").map(PathBuf::from).unwrap_or(root.join("../shared/data"));
+    let model = std::env::var("GLOWD_BENCH_MODEL").map(PathBuf::from).unwrap_or(root.join("models/celeba-32"));
+    let count: usize = std::env::var("GLOWD_BENCH_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(data.join("celeba/img")).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files.truncate(count);
+    let tmp = tempfile::tempdir().unwrap();
+    let n = names("bench");
+    let rt = runtime();
+    let client = rt.block_on(s3());
+    rt.block_on(async {
+        create_topics(&n).await;
+        for f in &files {
+            put(
+                &client,
+                &format!("{}/{}", n.inputs, f.file_name().unwrap().to_str().unwrap()),
+                std::fs::read(f).unwrap(),
+            )
+            .await;
+        }
+    });
+    let jobs: Vec<String> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let uri = format!("s3://{}/{}/{}", bucket(), n.inputs, f.file_name().unwrap().to_str().unwrap());
+            job(&format!("b-{i}"), "encode", json!({"input": uri}))
+        })
+        .collect();
+    // The raw model at the same batch size: `glowd encode --batch 16` over the same files.
+    let raw_out = tmp.path().join("raw");
+    let t = Instant::now();
+    let st = Command::new(env!("CARGO_BIN_EXE_glowd"))
+        .args([
+            "encode",
+            "--model",
+            model.to_str().unwrap(),
+            "--batch",
+            "16",
+            "--crop",
+            "10,25,80,95",
+            "--out",
+            raw_out.to_str().unwrap(),
+        ])
+        .args(files.iter().map(|f| f.to_str().unwrap()))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let raw = files.len() as f64 / t.elapsed().as_secs_f64();
+    let port = free_port();
+    let cfg = config(tmp.path(), &n, &model, port);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("max_batch = 4", "max_batch = 16")
+        .replace("threads = 1", "threads = 0")
+        .replace("max_in_flight_jobs = 16", "max_in_flight_jobs = 64")
+        + "\n[images]\ncrop = [10, 25, 80, 95]\n";
+    std::fs::write(&cfg, text).unwrap();
+    let daemon = Daemon::start(&cfg, &tmp.path().join("daemon.log"), port);
+    let t = Instant::now();
+    rt.block_on(produce(&n.jobs, &jobs));
+    let results = consume(&n.results, jobs.len(), Duration::from_secs(900), Duration::ZERO);
+    let e2e = results.len() as f64 / t.elapsed().as_secs_f64();
+    let mut latency: Vec<f64> = results
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<Value>(&r.payload).unwrap()["timings"]["total_seconds"].as_f64().unwrap_or(0.0)
+        })
+        .collect();
+    latency.sort_by(f64::total_cmp);
+    let pct = |p: f64| latency[((latency.len() as f64 - 1.0) * p) as usize];
+    let done = results.iter().filter(|r| String::from_utf8_lossy(&r.payload).contains("\"done\"")).count();
+    let mean = |stage: &str| {
+        results
+            .iter()
+            .map(|r| serde_json::from_slice::<Value>(&r.payload).unwrap()["timings"][stage].as_f64().unwrap_or(0.0))
+            .sum::<f64>()
+            / results.len().max(1) as f64
+    };
+    println!(
+        "mean seconds per job: queued {:.4} fetch {:.4} decode {:.4} device {:.4} encode {:.4} put {:.4} total {:.4}",
+        mean("queued_seconds"),
+        mean("fetch_seconds"),
+        mean("decode_seconds"),
+        mean("device_seconds"),
+        mean("encode_seconds"),
+        mean("put_seconds"),
+        mean("total_seconds")
+    );
+    daemon.stop();
+    println!(
+        "jobs {} done {done}: raw `glowd encode --batch 16` {raw:.1} images/s; through Kafka + S3 {e2e:.1} jobs/s ({:.2} of raw); \
+         job latency p50 {:.3} s p99 {:.3} s (at saturation)",
+        jobs.len(),
+        e2e / raw,
+        pct(0.5),
+        pct(0.99)
+    );
+    assert_eq!(done, jobs.len());
+}

@@ -1,0 +1,358 @@
+//! The pipeline in embedded mode (`glowd run`) on a tiny model: every job kind end to end, outputs checked against
+//! the model itself, reruns byte-identical, and each bad job one dead letter with the right reason while the good
+//! ones succeed.
+mod common;
+use common::*;
+use glowd::imageio::{load_image, Fit};
+use glowd::job::{self, SchemaName};
+use glowd::model::batch::{pixels_to_tensor, tensor_to_pixels};
+use glowd::model::directions::Directions;
+use glowd::model::latents_file::read_latents;
+use glowd::model::Glow;
+use glowd::pipeline::embedded::{run_embedded, EmbeddedOptions};
+use glowd::pipeline::PipelineSettings;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Tensor};
+
+fn model(root: &Path) -> PathBuf {
+    common::pipeline::model_with_directions(root)
+}
+
+fn png(path: &Path, w: u32, h: u32, seed: u32) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, common::pipeline::png_bytes(w, h, seed)).unwrap();
+}
+
+/// Input objects under `<input>/images/faces/…`, good and bad.
+fn inputs(input: &Path) {
+    let faces = input.join("images/faces");
+    png(&faces.join("a.png"), 40, 48, 1);
+    png(&faces.join("b.png"), 32, 32, 2);
+    png(&faces.join("c.png"), 64, 40, 3);
+    std::fs::write(faces.join("empty.png"), b"").unwrap();
+    let good = std::fs::read(faces.join("b.png")).unwrap();
+    std::fs::write(faces.join("truncated.png"), &good[..good.len() / 2]).unwrap();
+    std::fs::write(faces.join("notes.png"), b"these are not the pixels you are looking for").unwrap();
+    std::fs::write(faces.join("bomb.png"), common::pipeline::png_bomb()).unwrap();
+    image::GrayImage::from_pixel(32, 32, image::Luma([9])).save(faces.join("grey.png")).unwrap();
+    let mut gif = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(image::RgbImage::new(32, 32)).write_to(&mut gif, image::ImageFormat::Gif).unwrap();
+    std::fs::write(faces.join("anim.gif"), gif.into_inner()).unwrap();
+}
+
+fn base(id: &str, kind: &str) -> Value {
+    json!({"version": 1, "id": id, "kind": kind, "model": {"name": "faces", "version": "1"}})
+}
+
+fn with(mut v: Value, extra: Value) -> Value {
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    v
+}
+
+const A: &str = "s3://images/faces/a.png";
+const B: &str = "s3://images/faces/b.png";
+const C: &str = "s3://images/faces/c.png";
+
+/// (job line, expected dead-letter kind or None for a good job).
+fn jobs() -> Vec<(String, Option<&'static str>)> {
+    let good = vec![
+        with(
+            base("edit-1", "edit"),
+            json!({"input": A, "edits": [{"attribute": "Smiling", "strength": 0.8}, {"attribute": "Eyeglasses", "strength": -0.5}], "write_latents": true}),
+        ),
+        with(
+            base("edit-zero", "edit"),
+            json!({"input": B, "edits": [{"attribute": "Smiling", "strength": 0}], "format": "webp"}),
+        ),
+        with(base("encode-1", "encode"), json!({"input": C})),
+        with(base("encode-2", "encode"), json!({"input": B})),
+        with(
+            base("augment-1", "augment"),
+            json!({"input": A, "variants": 3, "attributes": [{"attribute": "Smiling", "min": -1, "max": 1}], "keep_levels": 2}),
+        ),
+        with(base("interp-1", "interpolate"), json!({"inputs": [A, B], "frames": 4, "animation": true})),
+        with(base("sample-1", "sample"), json!({"n": 3, "seed": 5, "temperature": 0.7})),
+        with(base("sample-2", "sample"), json!({"n": 2, "temperature": [0.5, 0.6, 0.7]})),
+    ];
+    let mut out: Vec<(String, Option<&'static str>)> = good.into_iter().map(|v| (v.to_string(), None)).collect();
+    let bad: Vec<(String, &str)> = vec![
+        ("{\"version\": 1, \"id\": \"broken\"".into(), "not_json"),
+        (
+            with(
+                base("v2", "edit"),
+                json!({"version": 2, "input": A, "edits": [{"attribute": "Smiling", "strength": 1}]}),
+            )
+            .to_string(),
+            "unknown_version",
+        ),
+        (base("paint-1", "paint").to_string(), "unknown_kind"),
+        (with(base("schema-1", "encode"), json!({"input": A, "output_key": "s3://x/y"})).to_string(), "schema"),
+        (
+            with(base("over-1", "edit"), json!({"input": A, "edits": [{"attribute": "Smiling", "strength": 5}]}))
+                .to_string(),
+            "over_limit",
+        ),
+        (
+            with(base("traversal-1", "encode"), json!({"input": "s3://images/faces/../secret.png"})).to_string(),
+            "forbidden_key",
+        ),
+        (
+            with(base("nomodel-1", "sample"), json!({"n": 1, "model": {"name": "cats", "version": "1"}})).to_string(),
+            "unknown_model",
+        ),
+        (
+            with(base("noattr-1", "edit"), json!({"input": A, "edits": [{"attribute": "Bald", "strength": 1}]}))
+                .to_string(),
+            "unknown_attribute",
+        ),
+        (with(base("levels-1", "sample"), json!({"n": 1, "temperature": [0.5, 0.7]})).to_string(), "invalid_for_model"),
+        (
+            with(base("missing-1", "encode"), json!({"input": "s3://images/faces/nope.png"})).to_string(),
+            "missing_object",
+        ),
+        (
+            with(base("missing-2", "interpolate"), json!({"inputs": [A, "s3://images/faces/nope.png"], "frames": 3}))
+                .to_string(),
+            "missing_object",
+        ),
+        (with(base("empty-1", "encode"), json!({"input": "s3://images/faces/empty.png"})).to_string(), "empty_input"),
+        (
+            with(base("trunc-1", "encode"), json!({"input": "s3://images/faces/truncated.png"})).to_string(),
+            "corrupt_image",
+        ),
+        (
+            with(base("text-1", "encode"), json!({"input": "s3://images/faces/notes.png"})).to_string(),
+            "unsupported_format",
+        ),
+        (
+            with(base("gif-1", "encode"), json!({"input": "s3://images/faces/anim.gif"})).to_string(),
+            "unsupported_format",
+        ),
+        (
+            with(base("bomb-1", "encode"), json!({"input": "s3://images/faces/bomb.png"})).to_string(),
+            "over_pixel_limit",
+        ),
+        (
+            with(
+                base("grey-1", "edit"),
+                json!({"input": "s3://images/faces/grey.png", "edits": [{"attribute": "Smiling", "strength": 1}]}),
+            )
+            .to_string(),
+            "wrong_channels",
+        ),
+    ];
+    out.extend(bad.into_iter().map(|(l, k)| (l, Some(k))));
+    out
+}
+
+fn settings(max_batch: usize) -> PipelineSettings {
+    let mut s = PipelineSettings::default();
+    s.batching.max_batch = max_batch;
+    s.batching.threads = 1;
+    s.limits.max_in_flight_jobs = 8;
+    s.images.max_pixels = 1_000_000;
+    s
+}
+
+struct Run {
+    out: PathBuf,
+    summary: glowd::pipeline::RunSummary,
+}
+
+fn run(root: &Path, name: &str, models: &Path, input: &Path, jobs_file: &Path, max_batch: usize) -> Run {
+    let out = root.join(name);
+    let opts = EmbeddedOptions {
+        model_dir: models.to_path_buf(),
+        jobs: jobs_file.to_path_buf(),
+        input_dir: input.to_path_buf(),
+        output_dir: out.clone(),
+        results: None,
+        dead_letters: None,
+        settings: settings(max_batch),
+    };
+    let summary = run_embedded(&opts).expect("the run completes");
+    Run { out, summary }
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Every file under `dir` except the per-run reports, by relative path.
+fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| (e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .filter(|(k, _)| !k.ends_with(".jsonl"))
+        .collect()
+}
+
+fn fitted(path: &Path) -> Tensor {
+    pixels_to_tensor(&[load_image(path, 3, 32, Fit { crop: None, resize: true }).unwrap()])
+}
+
+fn read_png(path: &Path) -> Tensor {
+    let p = load_image(path, 3, 32, Fit::default()).unwrap_or_else(|e| panic!("{e}"));
+    pixels_to_tensor(&[p])
+}
+
+#[test]
+fn every_kind_end_to_end_bad_jobs_dead_lettered_and_reruns_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    let model_dir = model(&models);
+    let input = tmp.path().join("input");
+    inputs(&input);
+    let jobs = jobs();
+    let jobs_file = tmp.path().join("jobs.jsonl");
+    let mut text: String = jobs.iter().map(|(l, _)| format!("{l}\n")).collect();
+    text.push_str("\n   \n"); // blank lines are skipped, not jobs
+    std::fs::write(&jobs_file, text).unwrap();
+
+    let first = run(tmp.path(), "out1", &models, &input, &jobs_file, 4);
+    let n_good = jobs.iter().filter(|(_, k)| k.is_none()).count() as u64;
+    let n_bad = jobs.len() as u64 - n_good;
+    assert_eq!(first.summary.jobs, jobs.len() as u64);
+    assert_eq!(
+        (first.summary.done, first.summary.dead_lettered, first.summary.abandoned),
+        (n_good, n_bad, 0),
+        "{:?}",
+        first.summary
+    );
+
+    // One dead letter per bad job, with the expected reason, the original payload and the line it came from.
+    let dead = lines(&first.out.join("dead-letters.jsonl"));
+    assert_eq!(dead.len() as u64, n_bad);
+    for (i, (line, kind)) in jobs.iter().enumerate() {
+        let Some(kind) = kind else { continue };
+        let d: Vec<&Value> = dead.iter().filter(|d| d["source"]["offset"] == json!(i)).collect();
+        assert_eq!(d.len(), 1, "job line {i} ({line}): {dead:?}");
+        assert_eq!(d[0]["error"]["kind"], json!(kind), "job line {i}: {}", d[0]);
+        assert_eq!(d[0]["payload"], json!(line));
+        assert!(!d[0]["error"]["message"].as_str().unwrap().is_empty());
+    }
+    // One result per job, each valid against the result schema.
+    let results = lines(&first.out.join("results.jsonl"));
+    assert_eq!(results.len(), jobs.len());
+    for r in &results {
+        job::validate(SchemaName::Result, r).unwrap_or_else(|e| panic!("{e}: {r}"));
+    }
+    assert_eq!(results.iter().filter(|r| r["status"] == "done").count() as u64, n_good);
+
+    // Each good job: its files, a manifest that validates and whose checksums match.
+    for (line, kind) in &jobs {
+        if kind.is_some() {
+            continue;
+        }
+        let parsed = job::parse_job(line.as_bytes()).unwrap();
+        let dir = first.out.join(parsed.id.as_str());
+        let manifest: Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+        job::validate(SchemaName::Manifest, &manifest).unwrap_or_else(|e| panic!("{e}: {manifest}"));
+        let names = parsed.output_names();
+        let outputs = manifest["outputs"].as_array().unwrap();
+        assert_eq!(outputs.len(), names.len());
+        for (o, name) in outputs.iter().zip(&names) {
+            assert_eq!(o["key"], json!(format!("{}/{name}", parsed.id)));
+            let bytes = std::fs::read(dir.join(name)).unwrap();
+            let entry = job::OutputEntry::of("x", job::MediaType::Png, &bytes);
+            assert_eq!(o["sha256"], json!(entry.sha256), "{name}");
+            assert_eq!(o["bytes"], json!(bytes.len()));
+        }
+    }
+
+    // The outputs are what the model itself gives.
+    let glow = Glow::load(&model_dir, Device::Cpu).unwrap();
+    let faces = input.join("images/faces");
+    let out = &first.out;
+    // encode: the latent decodes to the fitted input exactly; bits/dim as the model's.
+    let z = read_latents(&out.join("encode-1/latents.safetensors"), &glow.config).unwrap();
+    assert_eq!(glow.decode(&z).unwrap(), fitted(&faces.join("c.png")));
+    let bpd = glow.encode(&fitted(&faces.join("c.png"))).unwrap().bits_per_dim(&glow.config)[0];
+    let r = results.iter().find(|r| r["job"] == "encode-1").unwrap();
+    assert!((r["bits_per_dim"][0].as_f64().unwrap() - bpd).abs() < 1e-4, "{r}");
+    // edit at strength 0 returns the (fitted) input bit for bit, also through lossless WebP.
+    let webp = image::open(out.join("edit-zero/edited.webp")).unwrap();
+    let webp = glowd::imageio::image_to_pixels(webp, Path::new("w"), 3, 32, Fit::default()).unwrap();
+    assert_eq!(pixels_to_tensor(&[webp]), fitted(&faces.join("b.png")));
+    // edit: the model's own edit, and its latent is the shifted one.
+    let dirs = Directions::load(&model_dir, &glow.config).unwrap().unwrap();
+    let za = glow.encode(&fitted(&faces.join("a.png"))).unwrap().z;
+    let shifted = glowd::model::directions::shift(
+        &za,
+        &[(dirs.get("Smiling").unwrap(), 0.8), (dirs.get("Eyeglasses").unwrap(), -0.5)],
+    );
+    assert_eq!(read_png(&out.join("edit-1/edited.png")), glow.decode(&shifted).unwrap());
+    let zl = read_latents(&out.join("edit-1/latents.safetensors"), &glow.config).unwrap();
+    for (a, b) in zl.iter().zip(&shifted) {
+        assert!(max_abs_diff(a, b) < 1e-5);
+    }
+    // interpolate: the end frames are the fitted inputs; a GIF is written.
+    assert_eq!(read_png(&out.join("interp-1/frame-000.png")), fitted(&faces.join("a.png")));
+    assert_eq!(read_png(&out.join("interp-1/frame-003.png")), fitted(&faces.join("b.png")));
+    assert!(image::open(out.join("interp-1/animation.gif")).is_ok());
+    // sample: the same as `glowd sample --seed 5 -n 3 --temperature 0.7`.
+    let samples = tensor_to_pixels(&glow.sample(3, &[0.7; 3], 5).unwrap());
+    for (i, s) in samples.iter().enumerate() {
+        assert_eq!(
+            read_png(&out.join(format!("sample-1/sample-{i:03}.png"))),
+            pixels_to_tensor(std::slice::from_ref(s))
+        );
+    }
+    // augment: three different variants.
+    let v: Vec<Tensor> = (0..3).map(|i| read_png(&out.join(format!("augment-1/variant-{i:03}.png")))).collect();
+    assert_ne!(v[0], v[1]);
+    assert_ne!(v[1], v[2]);
+
+    // A rerun into a fresh folder writes identical bytes; a rerun into the same folder finds everything done and
+    // changes nothing.
+    // Batches of one instead of four: the outputs do not depend on what else was in a batch either.
+    let t1 = tree(&first.out);
+    for (name, max_batch) in [("out2", 4), ("out3", 1)] {
+        let other = run(tmp.path(), name, &models, &input, &jobs_file, max_batch);
+        assert_eq!(other.summary, first.summary);
+        let t2 = tree(&other.out);
+        assert_eq!(t1.keys().collect::<Vec<_>>(), t2.keys().collect::<Vec<_>>());
+        for (k, v) in &t1 {
+            assert!(v == &t2[k], "{k} differs between runs (max_batch 4 vs {max_batch})");
+        }
+    }
+    let again = run(tmp.path(), "out1", &models, &input, &jobs_file, 4);
+    assert_eq!(again.summary, first.summary);
+    assert_eq!(tree(&first.out), t1);
+}
+
+#[test]
+fn the_command_line_runs_jobs_and_exits_1_when_some_were_dead_lettered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    model(&models);
+    let input = tmp.path().join("input");
+    inputs(&input);
+    let jobs_file = tmp.path().join("jobs.jsonl");
+    let lines = [
+        with(base("cli-edit", "edit"), json!({"input": A, "edits": [{"attribute": "Smiling", "strength": 1}]}))
+            .to_string(),
+        "not json".to_string(),
+    ];
+    std::fs::write(&jobs_file, lines.join("\n")).unwrap();
+    let out = tmp.path().join("out");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_glowd"))
+        .args(["run", "--model-dir", &s(&models.join("faces")), "--jobs", &s(&jobs_file), "--input-dir", &s(&input)])
+        .args(["--output-dir", &s(&out), "--crop", "0,0,32,40", "--max-batch", "2", "--threads", "1"])
+        .env("GLOWD_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1), "{}", String::from_utf8_lossy(&run.stderr));
+    let summary: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(summary, json!({"jobs": 2, "done": 1, "dead_lettered": 1, "abandoned": 0}));
+    assert!(out.join("cli-edit/edited.png").is_file() && out.join("cli-edit/manifest.json").is_file());
+    let dead = std::fs::read_to_string(out.join("dead-letters.jsonl")).unwrap();
+    assert!(dead.contains("not_json") && dead.contains("\"offset\":1"), "{dead}");
+}
