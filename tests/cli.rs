@@ -46,6 +46,17 @@ fn init_encode_decode_sample_eval_round_trip() {
         assert!(bpd > 0.0 && bpd < 16.0, "{line}");
     }
 
+    // Encoding is reproducible to the byte (latent files included).
+    let lat_again = tmp.path().join("lat_again");
+    let mut args = vec!["encode", "--model", s(&model), "--out", s(&lat_again)];
+    args.extend(images.iter().map(|p| s(p)));
+    let out = glowd(&args);
+    assert!(out.status.success());
+    assert_eq!(
+        std::fs::read(lat.join("img0.safetensors")).unwrap(),
+        std::fs::read(lat_again.join("img0.safetensors")).unwrap()
+    );
+
     let dec = tmp.path().join("dec");
     let lat_files: Vec<PathBuf> = (0..4).map(|i| lat.join(format!("img{i}.safetensors"))).collect();
     let mut args = vec!["decode", "--model", s(&model), "--out", s(&dec)];

@@ -19,10 +19,12 @@ pub fn write_latents(path: &Path, z: &[Tensor], bits_per_dim: f64) -> Result<()>
             (format!("z.{i}"), t)
         })
         .collect();
-    let metadata = HashMap::from([
-        ("format".to_string(), LATENTS_FORMAT.to_string()),
-        ("bits_per_dim".to_string(), format!("{bits_per_dim}")),
-    ]);
+    // One metadata entry: safetensors writes its metadata map in hash order, so two entries would make the same
+    // latents give different bytes from run to run.
+    let metadata = HashMap::from([(
+        "glowd".to_string(),
+        serde_json::json!({"format": LATENTS_FORMAT, "bits_per_dim": bits_per_dim}).to_string(),
+    )]);
     write_safetensors(path, &tensors, Some(metadata))
 }
 
