@@ -14,7 +14,7 @@ use glowd::pipeline::PipelineSettings;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 fn model(root: &Path) -> PathBuf {
     common::pipeline::model_with_directions(root)
@@ -287,7 +287,12 @@ fn every_kind_end_to_end_bad_jobs_dead_lettered_and_reruns_identical() {
         &za,
         &[(dirs.get("Smiling").unwrap(), 0.8), (dirs.get("Eyeglasses").unwrap(), -0.5)],
     );
-    assert_eq!(read_png(&out.join("edit-1/edited.png")), glow.decode(&shifted).unwrap());
+    // Not compared bit for bit: the reference encodes `a` alone and on other threads, so its latents differ from
+    // the pipeline's in the last float bits, and an edited (non-round-trip) pixel may land one level apart.
+    let (ours, reference) = (read_png(&out.join("edit-1/edited.png")), glow.decode(&shifted).unwrap());
+    let diff = (ours.to_kind(Kind::Int16) - reference.to_kind(Kind::Int16)).abs();
+    assert!(diff.max().int64_value(&[]) <= 1, "edited image differs from the model's own edit");
+    assert!(diff.gt(0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]) < 0.01);
     let zl = read_latents(&out.join("edit-1/latents.safetensors"), &glow.config).unwrap();
     for (a, b) in zl.iter().zip(&shifted) {
         assert!(max_abs_diff(a, b) < 1e-5);
