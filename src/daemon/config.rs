@@ -9,7 +9,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSettings {
     /// `host:port,host:port`.
@@ -28,6 +28,35 @@ pub struct KafkaSettings {
     /// Messages the consumer thread holds (fetched, not yet taken by the pipeline) before it pauses at once.
     #[serde(default = "default_buffer")]
     pub buffer: usize,
+}
+
+/// Whether a librdkafka property holds a secret (`sasl.password`, `ssl.key.password`, `ssl.key.pem`,
+/// `sasl.oauthbearer.client.secret`, …): such values never reach logs or error messages.
+pub fn is_secret_property(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "secret", "ssl.key", "oauthbearer.config", "keystore"].iter().any(|s| k.contains(s))
+}
+
+/// Written by hand so `{:?}` of a config never prints a SASL or TLS secret (rust-rdkafka's own `ClientConfig`
+/// printed `sasl.password` up to 0.38).
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), if is_secret_property(k) { "<redacted>" } else { v.as_str() }))
+            .collect();
+        f.debug_struct("KafkaSettings")
+            .field("brokers", &self.brokers)
+            .field("group", &self.group)
+            .field("jobs_topic", &self.jobs_topic)
+            .field("results_topic", &self.results_topic)
+            .field("dlq_topic", &self.dlq_topic)
+            .field("properties", &properties)
+            .field("pause_grace_ms", &self.pause_grace_ms)
+            .field("buffer", &self.buffer)
+            .finish()
+    }
 }
 
 fn default_pause_grace() -> u64 {
@@ -224,6 +253,17 @@ fn expand(v: &mut toml::Value, env: &dyn Fn(&str) -> Option<String>, at: &str) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_redacts_secret_properties() {
+        let text = "[kafka]\nbrokers = \"b:1\"\ngroup = \"g\"\njobs_topic = \"j\"\nresults_topic = \"r\"\ndlq_topic = \"d\"\n\
+                    [kafka.properties]\n\"sasl.password\" = \"canary-pw-1\"\n\"ssl.key.password\" = \"canary-pw-2\"\n\
+                    \"sasl.username\" = \"alice\"\n";
+        let f = PipelineFile::parse(text, Path::new("."), &|_| None).unwrap();
+        let shown = format!("{:?} {:#?}", f.kafka, f.kafka);
+        assert!(!shown.contains("canary-pw"), "{shown}");
+        assert!(shown.contains("<redacted>") && shown.contains("alice"), "{shown}");
+    }
 
     #[test]
     fn unknown_keys_are_named_and_env_is_expanded() {
