@@ -40,12 +40,7 @@ pub fn serve(config_path: &Path) -> Result<RunSummary, String> {
         .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| format!("metrics recorder: {e}"))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("glowd-pipeline")
-        .build()
-        .map_err(|e| e.to_string())?;
+    let runtime = crate::pipeline::runtime()?;
     let ready = Arc::new(AtomicBool::new(false));
     let draining = Arc::new(AtomicBool::new(false));
     runtime.block_on(async {

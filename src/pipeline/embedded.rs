@@ -46,12 +46,7 @@ pub fn run_embedded(opts: &EmbeddedOptions) -> Result<RunSummary, String> {
         ));
     }
     let workers = start_workers(&opts.settings, &specs)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("glowd-pipeline")
-        .build()
-        .map_err(|e| e.to_string())?;
+    let runtime = crate::pipeline::runtime()?;
     runtime.block_on(async {
         let reporter = JsonlReporter::create(&opts.results_path(), &opts.dead_letters_path())
             .map_err(|e| format!("{}: {e}", opts.output_dir.display()))?;

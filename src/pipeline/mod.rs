@@ -815,3 +815,14 @@ fn encode_outputs(job: &Job, out: &DeviceOutput) -> Result<Vec<(Vec<u8>, MediaTy
         }
     })
 }
+
+/// The tokio runtime both `glowd run` and `glowd serve` drive the pipeline on. Two workers: the stages are I/O and
+/// encoding glue; the heavy work runs on the device worker's own thread.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("glowd-pipeline")
+        .build()
+        .map_err(|e| e.to_string())
+}
