@@ -1,4 +1,5 @@
 //! Affine (or additive) coupling: half the channels pass unchanged and parametrise a map of the other half.
+use super::ExactConv;
 use super::config::{CouplingKind, ZeroConvPadding};
 use super::zero_conv::{FoldedConv, ZeroConv};
 use super::Layout;
@@ -41,9 +42,9 @@ impl Coupling {
     }
 
     fn hidden(&self, x_a: &Tensor) -> Tensor {
-        x_a.conv2d(&self.conv_in_weight, Some(&self.conv_in_bias), 1, 1, 1, 1)
+        x_a.conv(&self.conv_in_weight, Some(&self.conv_in_bias), 1)
             .relu()
-            .conv2d(&self.conv_mid_weight, Some(&self.conv_mid_bias), 1, 0, 1, 1)
+            .conv(&self.conv_mid_weight, Some(&self.conv_mid_bias), 0)
             .relu()
     }
 
@@ -114,8 +115,8 @@ pub struct FoldedCoupling {
 
 impl FoldedCoupling {
     fn net(&self, x_a: &Tensor) -> Tensor {
-        let h = x_a.conv2d(&self.conv_in_weight, Some(&self.conv_in_bias), 1, 1, 1, 1).relu_();
-        let h = h.conv2d(&self.conv_mid_weight, Some(&self.conv_mid_bias), 1, 0, 1, 1).relu_();
+        let h = x_a.conv(&self.conv_in_weight, Some(&self.conv_in_bias), 1).relu_();
+        let h = h.conv(&self.conv_mid_weight, Some(&self.conv_mid_bias), 0).relu_();
         self.conv_out.forward(&h)
     }
 

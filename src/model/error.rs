@@ -31,7 +31,7 @@ pub enum ModelError {
     Import(String),
     #[error("unknown device `{0}` (expected cpu, cuda, cuda:N or auto)")]
     Device(String),
-    #[error("device {0} is not available on this machine")]
+    #[error("device not available on this machine: {0}")]
     DeviceUnavailable(String),
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),

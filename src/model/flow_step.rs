@@ -1,4 +1,5 @@
 //! One flow step: ActNorm → invertible 1x1 conv → coupling.
+use super::ExactConv;
 use super::actnorm::ActNorm;
 use super::config::GlowConfig;
 use super::coupling::{Coupling, FoldedCoupling};
@@ -92,13 +93,13 @@ pub struct FoldedStep {
 impl FoldedStep {
     pub fn forward(&self, x: &Tensor) -> (Tensor, Tensor) {
         let (_, _, h, w) = x.size4().expect("4-d input");
-        let x = x.conv2d(&self.fwd_weight, Some(&self.fwd_bias), 1, 0, 1, 1);
+        let x = x.conv(&self.fwd_weight, Some(&self.fwd_bias), 0);
         let (y, ld) = self.coupling.forward(&x);
         (y, ld + self.logdet_per_position * (h * w) as f64)
     }
 
     pub fn reverse(&self, y: &Tensor) -> Tensor {
         let x = self.coupling.reverse(y);
-        x.conv2d(&self.rev_weight, Some(&self.rev_bias), 1, 0, 1, 1)
+        x.conv(&self.rev_weight, Some(&self.rev_bias), 0)
     }
 }

@@ -1,5 +1,6 @@
 //! Invertible 1x1 convolution: a C×C matrix W applied at every position. In LU form
 //! `W = P·L·(U + diag(sign_s·exp(log_abs_s)))` its log-determinant is `H·W·Σ log_abs_s`, O(C).
+use super::ExactConv;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use tch::{nn, Kind, Tensor};
@@ -95,12 +96,12 @@ impl InvConv {
     pub fn forward(&self, x: &Tensor) -> (Tensor, Tensor) {
         let (_, c, h, w) = x.size4().expect("4-d input");
         let weight = self.weight().view([c, c, 1, 1]);
-        (x.conv2d(&weight, None::<Tensor>, 1, 0, 1, 1), self.logabsdet() * (h * w) as f64)
+        (x.conv(&weight, None, 0), self.logabsdet() * (h * w) as f64)
     }
 
     pub fn reverse(&self, y: &Tensor) -> Tensor {
         let (_, c, _, _) = y.size4().expect("4-d input");
         let inv = self.inverse_f64().to_kind(y.kind()).view([c, c, 1, 1]);
-        y.conv2d(&inv, None::<Tensor>, 1, 0, 1, 1)
+        y.conv(&inv, None, 0)
     }
 }

@@ -46,3 +46,32 @@ impl Layout {
         }
     }
 }
+
+/// Every convolution of the model goes through `conv`, so that on CUDA cuDNN computes in full float32 and picks
+/// deterministic algorithms. libtorch lets cuDNN use TF32 by default, which rounds inputs to 10 mantissa bits: W
+/// and W⁻¹ would then no longer cancel, and decode(encode(x)) would drift from x by whole pixel levels over a
+/// deep flow; and a redelivered job must rewrite the same bytes, which autotuned (benchmark) algorithms do not
+/// promise. On the CPU these flags are ignored and this is exactly the call `conv2d` makes.
+pub(crate) trait ExactConv {
+    fn conv(&self, weight: &tch::Tensor, bias: Option<&tch::Tensor>, padding: i64) -> tch::Tensor;
+}
+
+impl ExactConv for tch::Tensor {
+    fn conv(&self, weight: &tch::Tensor, bias: Option<&tch::Tensor>, padding: i64) -> tch::Tensor {
+        let (benchmark, deterministic, cudnn_enabled, allow_tf32) = (false, true, true, false);
+        self.internal_convolution(
+            weight,
+            bias,
+            [1, 1],
+            [padding, padding],
+            [1, 1],
+            false,
+            [0, 0],
+            1,
+            benchmark,
+            deterministic,
+            cudnn_enabled,
+            allow_tf32,
+        )
+    }
+}

@@ -1,5 +1,6 @@
 //! A 3x3 convolution initialised to zero whose output is scaled by `exp(3·logscale)`: the last layer of every
 //! coupling network and the priors, so that a fresh Glow starts as the identity map with a standard normal prior.
+use super::ExactConv;
 use super::config::ZeroConvPadding;
 use super::Layout;
 use tch::{nn, Tensor};
@@ -24,12 +25,12 @@ impl ZeroConv {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let out = match self.padding {
-            ZeroConvPadding::Zeros => x.conv2d(&self.weight, Some(&self.bias), 1, 1, 1, 1),
+            ZeroConvPadding::Zeros => x.conv(&self.weight, Some(&self.bias), 1),
             ZeroConvPadding::Ones => {
                 let padded = x.constant_pad_nd([1, 1, 1, 1]) ;
                 // constant_pad_nd pads with zeros; shift the border to ones.
                 let border = Tensor::ones_like(x).constant_pad_nd([1, 1, 1, 1]).neg() + 1.0;
-                (padded + border).conv2d(&self.weight, Some(&self.bias), 1, 0, 1, 1)
+                (padded + border).conv(&self.weight, Some(&self.bias), 0)
             }
         };
         out * (&self.logscale * 3.0).exp()
@@ -60,11 +61,11 @@ pub struct FoldedConv {
 impl FoldedConv {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         match &self.ones_border_weight {
-            None => x.conv2d(&self.weight, Some(&self.bias), 1, 1, 1, 1),
+            None => x.conv(&self.weight, Some(&self.bias), 1),
             Some(w) => {
                 let padded = x.constant_pad_nd([1, 1, 1, 1]);
                 let border = Tensor::ones_like(x).constant_pad_nd([1, 1, 1, 1]).neg() + 1.0;
-                (padded + border).conv2d(w, Some(&self.bias), 1, 0, 1, 1)
+                (padded + border).conv(w, Some(&self.bias), 0)
             }
         }
     }
