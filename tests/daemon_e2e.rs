@@ -1,6 +1,8 @@
 //! `glowd serve` end to end against the real broker (Kafka 4.1.1, KRaft) and the real S3 server (MinIO) that
 //! `scripts/dev-stack up` starts on 127.0.0.1: every job kind, each bad input to the DLQ with its reason headers,
-//! `/metrics`, and a clean stop (SIGTERM) after which a restart reprocesses nothing.
+//! `/metrics`, a clean stop (SIGTERM) after which a restart reprocesses nothing, S3 down for a while, a backlog
+//! past the in-flight limit, SIGKILL mid-run (outputs byte-identical to a clean run), and a rebalance between two
+//! daemons of one group.
 //!
 //! Each test uses its own topics, consumer group and key prefixes, so tests (and reruns) never see each other's
 //! records. They run one at a time (a lock): two daemons and the broker on two cores would only be slower.
@@ -550,6 +552,235 @@ fn a_backlog_beyond_the_in_flight_limit_pauses_and_resumes_the_partitions() {
     assert!(daemon.stop().success(), "{log}");
     assert_eq!(results.len(), jobs.len(), "{log}");
     assert!(log.contains("paused (pipeline full)") && log.contains("resumed"), "{log}");
+}
+
+async fn create_topic(name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+    for r in admin
+        .create_topics(&[NewTopic::new(name, partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+}
+
+/// Every object under `prefix/`, by key relative to it.
+async fn objects(client: &aws_sdk_s3::Client, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut pages =
+        client.list_objects_v2().bucket(bucket()).prefix(format!("{prefix}/")).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        for o in page.unwrap().contents() {
+            let key = o.key().unwrap();
+            out.insert(key[prefix.len() + 1..].to_string(), get(client, key).await.unwrap());
+        }
+    }
+    out
+}
+
+/// Reads the results topic until every job id in `jobs` has a `done` result (or the timeout): records per job.
+fn done_results(topic: &str, jobs: &[String], timeout: Duration) -> BTreeMap<String, usize> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("reader-{}-{}", topic, std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout && !jobs.iter().all(|j| seen.contains_key(j)) {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            let v: Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
+            assert_eq!(v["status"], "done", "{v}");
+            *seen.entry(v["job"].as_str().unwrap().to_string()).or_default() += 1;
+        }
+    }
+    seen
+}
+
+/// The model of the crash and rebalance tests: enough work per batch (about 16x the default test model's) that
+/// the daemon is still mid-run when the test kills it or adds a second one.
+const HEAVY: [&str; 2] = ["steps=8", "hidden=128"];
+
+/// A member that dies without leaving the group holds its partitions until its session times out: 6 s here (the
+/// broker's minimum) rather than librdkafka's 45 s, so the restart takes over quickly.
+fn short_session(cfg: &Path) {
+    let text = std::fs::read_to_string(cfg).unwrap().replace(
+        "pause_grace_ms = 200\n",
+        "pause_grace_ms = 200\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n",
+    );
+    std::fs::write(cfg, text).unwrap();
+}
+
+/// Waits until the group has committed `total` offsets on the jobs topic.
+fn wait_committed(n: &Names, total: i64, timeout: Duration) -> i64 {
+    let t0 = Instant::now();
+    loop {
+        let now = committed(n, 3).iter().sum::<i64>();
+        if now >= total || t0.elapsed() > timeout {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The jobs of the crash and rebalance tests: seeded samples, encodes and edits of two uploaded images.
+fn mixed_jobs(client: &aws_sdk_s3::Client, rt: &tokio::runtime::Runtime, n: &Names, count: usize) -> (Vec<String>, Vec<String>) {
+    rt.block_on(async {
+        put(client, &format!("{}/a.png", n.inputs), common::pipeline::png_bytes(40, 48, 1)).await;
+        put(client, &format!("{}/b.png", n.inputs), common::pipeline::png_bytes(32, 32, 2)).await;
+    });
+    let input = |name: &str| format!("s3://{}/{}/{name}", bucket(), n.inputs);
+    let mut ids = Vec::new();
+    let mut payloads = Vec::new();
+    for i in 0..count {
+        let id = format!("m-{i}");
+        let payload = match i % 3 {
+            0 => job(&id, "sample", json!({"n": 1, "seed": i})),
+            1 => job(&id, "encode", json!({"input": input(if i % 2 == 0 { "a.png" } else { "b.png" })})),
+            _ => job(
+                &id,
+                "edit",
+                json!({"input": input("a.png"), "edits": [{"attribute": "Smiling", "strength": (i % 5) as f64 * 0.3}],
+                       "write_latents": true}),
+            ),
+        };
+        ids.push(id);
+        payloads.push(payload);
+    }
+    (ids, payloads)
+}
+
+#[test]
+fn sigkill_during_a_batch_then_restart_writes_every_output_identical_to_a_clean_run() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let n = names("sigkill");
+    let model = common::pipeline::model_with_directions_of(tmp.path(), &HEAVY);
+    let rt = runtime();
+    let client = rt.block_on(s3());
+    rt.block_on(create_topics(&n));
+    let (ids, jobs) = mixed_jobs(&client, &rt, &n, 90);
+    rt.block_on(produce(&n.jobs, &jobs));
+
+    // The clean reference: one daemon, start to finish.
+    let port = free_port();
+    let reference = Names {
+        jobs: n.jobs.clone(),
+        results: format!("{}-ref", n.results),
+        dlq: n.dlq.clone(),
+        group: format!("{}-ref", n.group),
+        inputs: n.inputs.clone(),
+        outputs: format!("{}/ref", n.outputs),
+    };
+    rt.block_on(create_topic(&reference.results, 1));
+    let dir = tmp.path().join("ref");
+    std::fs::create_dir_all(&dir).unwrap();
+    let daemon = Daemon::start(&config(&dir, &reference, &model, port), &dir.join("daemon.log"), port);
+    let seen = done_results(&reference.results, &ids, Duration::from_secs(240));
+    let log = daemon.log_text();
+    assert!(daemon.stop().success(), "{log}");
+    assert_eq!(seen.len(), ids.len(), "{log}");
+
+    // The same jobs in another group: SIGKILL once results flow (batches in flight), restart, run to the end.
+    let crashed = Names {
+        results: format!("{}-kill", n.results),
+        group: format!("{}-kill", n.group),
+        outputs: format!("{}/kill", n.outputs),
+        ..reference
+    };
+    rt.block_on(create_topic(&crashed.results, 1));
+    let dir = tmp.path().join("kill");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = config(&dir, &crashed, &model, port);
+    short_session(&cfg);
+    let mut daemon = Daemon::start(&cfg, &dir.join("daemon.log"), port);
+    let first = done_results(&crashed.results, &ids[..1], Duration::from_secs(120));
+    assert!(!first.is_empty(), "no result before the kill:\n{}", daemon.log_text());
+    daemon.child.kill().unwrap(); // SIGKILL: no drain, no commit
+    daemon.child.wait().unwrap();
+    let before_restart = committed(&crashed, 3).iter().sum::<i64>();
+    let daemon = Daemon::start(&cfg, &dir.join("daemon.log"), port);
+    let seen = done_results(&crashed.results, &ids, Duration::from_secs(240));
+    // The restarted daemon redoes what the killed one had not committed (outputs that exist answer 412).
+    let after = wait_committed(&crashed, ids.len() as i64, Duration::from_secs(120));
+    let log = daemon.log_text();
+    assert!(daemon.stop().success(), "{log}");
+    assert_eq!(seen.len(), ids.len(), "jobs lost after the SIGKILL: {seen:?}\n{log}");
+    assert!(before_restart < ids.len() as i64, "the kill came after everything was committed");
+    assert_eq!(after, ids.len() as i64, "committed after the restart (before: {before_restart})\n{log}");
+    assert_eq!(committed(&crashed, 3).iter().sum::<i64>(), ids.len() as i64);
+    let duplicates: usize = seen.values().map(|c| c - 1).sum();
+    println!("sigkill: {before_restart} of {} jobs committed at the kill, {duplicates} redone", ids.len());
+
+    // Every output of the crashed run is byte-identical to the clean run's (manifests name their own prefix).
+    let (want, got) = rt.block_on(async {
+        (objects(&client, &reference.outputs).await, objects(&client, &crashed.outputs).await)
+    });
+    assert_eq!(want.keys().collect::<Vec<_>>(), got.keys().collect::<Vec<_>>());
+    assert!(want.len() > ids.len(), "{} objects", want.len());
+    for (key, bytes) in &want {
+        let bytes = if key.ends_with("manifest.json") {
+            String::from_utf8(bytes.clone()).unwrap().replace(&reference.outputs, &crashed.outputs).into_bytes()
+        } else {
+            bytes.clone()
+        };
+        assert!(bytes == got[key], "{key} differs from the clean run");
+    }
+}
+
+#[test]
+fn two_daemons_in_one_group_rebalance_mid_run_without_losing_a_job() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let n = names("rebalance");
+    let model = common::pipeline::model_with_directions_of(tmp.path(), &HEAVY);
+    let rt = runtime();
+    let client = rt.block_on(s3());
+    rt.block_on(create_topics(&n));
+    let (ids, jobs) = mixed_jobs(&client, &rt, &n, 160);
+    let (port_a, port_b) = (free_port(), free_port());
+    let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    std::fs::create_dir_all(&dir_a).unwrap();
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let (cfg_a, cfg_b) = (config(&dir_a, &n, &model, port_a), config(&dir_b, &n, &model, port_b));
+    short_session(&cfg_a);
+    short_session(&cfg_b);
+    let a = Daemon::start(&cfg_a, &dir_a.join("daemon.log"), port_a);
+    // Jobs arrive steadily (10 every 0.4 s, about 6 s in all), so both rebalances happen with jobs in flight.
+    let topic = n.jobs.clone();
+    let producer = std::thread::spawn(move || {
+        let rt = runtime();
+        for chunk in jobs.chunks(10) {
+            rt.block_on(produce(&topic, chunk));
+            std::thread::sleep(Duration::from_millis(400));
+        }
+    });
+    assert!(!done_results(&n.results, &ids[..1], Duration::from_secs(120)).is_empty(), "{}", a.log_text());
+    // B joins while A is mid-run (partitions move to B), then A leaves (its partitions move to B).
+    let b = Daemon::start(&cfg_b, &dir_b.join("daemon.log"), port_b);
+    std::thread::sleep(Duration::from_secs(2));
+    let log_a = a.log_text();
+    assert!(a.stop().success(), "{log_a}");
+    let done_when_a_left = done_results(&n.results, &ids, Duration::from_secs(1)).len();
+    producer.join().unwrap();
+    let seen = done_results(&n.results, &ids, Duration::from_secs(240));
+    wait_committed(&n, ids.len() as i64, Duration::from_secs(60));
+    let log_b = b.log_text();
+    assert!(b.stop().success(), "{log_b}");
+    assert_eq!(seen.len(), ids.len(), "jobs lost in the rebalance: {seen:?}\nA:\n{log_a}\nB:\n{log_b}");
+    assert!(log_b.contains("partition assigned"), "B never got partitions:\n{log_b}");
+    assert!(log_a.contains("partition revoked"), "B's arrival took no partition from A:\n{log_a}");
+    assert_eq!(committed(&n, 3).iter().sum::<i64>(), ids.len() as i64, "offsets after both stopped");
+    let dlq = consume(&n.dlq, 0, Duration::from_secs(2), Duration::ZERO);
+    assert!(dlq.is_empty());
+    let duplicates: usize = seen.values().map(|c| c - 1).sum();
+    assert!(done_when_a_left < ids.len(), "everything was done before A left: no rebalance mid-run");
+    println!("rebalance: {} jobs, {done_when_a_left} done when A left, {duplicates} processed twice", ids.len());
 }
 
 /// Throughput through Kafka and S3 against the raw model (not part of the suite: `cargo test --release --test

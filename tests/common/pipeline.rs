@@ -8,8 +8,13 @@ pub const ATTRS: [&str; 2] = ["Smiling", "Eyeglasses"];
 
 /// A tiny model with two made-up directions, saved as `<root>/faces/` (so its name is `faces`, version 1).
 pub fn model_with_directions(root: &Path) -> PathBuf {
+    model_with_directions_of(root, &["steps=2"])
+}
+
+/// The same with other config overrides (a heavier model keeps a daemon busy long enough to be killed mid-batch).
+pub fn model_with_directions_of(root: &Path, set: &[&str]) -> PathBuf {
     let dir = root.join("faces");
-    let glow = ready_model(tiny(&["steps=2"]), 21);
+    let glow = ready_model(tiny(set), 21);
     glow.save(&dir).unwrap();
     let mut d = Directions::empty(model_fingerprint(&dir).unwrap());
     tch::manual_seed(5);
