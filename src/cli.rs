@@ -14,8 +14,18 @@ use tch::{Device, Tensor};
 #[derive(Parser)]
 #[command(name = "glowd", version, about = "Glow flow model: encode, decode, sample and evaluate images exactly")]
 struct Cli {
+    /// Log lines as text or as JSON objects, one per line, with the job's id, topic, partition and offset as
+    /// fields (what log collectors on Kubernetes parse). Levels come from GLOWD_LOG (e.g. `info,glowd=debug`).
+    #[arg(long, global = true, env = "GLOWD_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Args, Clone)]
@@ -395,14 +405,15 @@ pub fn flush_denormals() {
 
 pub fn main() -> ExitCode {
     flush_denormals();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("GLOWD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GLOWD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        // Span fields (job id, topic, partition, offset) flattened into each line's object.
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
+        LogFormat::Text => logs.init(),
+    }
     match run(cli) {
         Ok(0) => ExitCode::SUCCESS,
         Ok(failed) => {

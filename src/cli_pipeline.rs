@@ -57,7 +57,7 @@ fn parse_crop(s: &str) -> Result<[u32; 4], String> {
 
 pub fn run(args: RunArgs) -> Result<usize> {
     let mut settings = match &args.config {
-        Some(path) => crate::daemon::config::PipelineFile::load(path)?.pipeline,
+        Some(path) => crate::daemon::config::PipelineFile::load_embedded(path)?.pipeline,
         None => PipelineSettings::default(),
     };
     if let Some(c) = args.crop {

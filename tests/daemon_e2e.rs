@@ -783,6 +783,51 @@ fn two_daemons_in_one_group_rebalance_mid_run_without_losing_a_job() {
     println!("rebalance: {} jobs, {done_when_a_left} done when A left, {duplicates} processed twice", ids.len());
 }
 
+#[test]
+fn broker_down_mid_run_fails_readiness_then_loses_nothing() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let n = names("brokerdown");
+    let model = common::pipeline::model_with_directions_of(tmp.path(), &HEAVY);
+    let rt = runtime();
+    let client = rt.block_on(s3());
+    rt.block_on(create_topics(&n));
+    let (ids, jobs) = mixed_jobs(&client, &rt, &n, 150);
+    rt.block_on(produce(&n.jobs, &jobs));
+    let port = free_port();
+    let cfg = config(tmp.path(), &n, &model, port);
+    let daemon = Daemon::start(&cfg, &tmp.path().join("daemon.log"), port);
+    assert!(!done_results(&n.results, &ids[..1], Duration::from_secs(120)).is_empty(), "{}", daemon.log_text());
+    dev_stack("stop-kafka");
+    let t0 = Instant::now();
+    let mut unready = None;
+    while t0.elapsed() < Duration::from_secs(40) {
+        match http_get(port, "/readyz") {
+            Some((503, body)) => {
+                unready = Some(body);
+                break;
+            }
+            _ => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+    let live = http_get(port, "/healthz").map(|(s, _)| s);
+    dev_stack("start-kafka");
+    let t1 = Instant::now();
+    while http_get(port, "/readyz").map(|(s, _)| s) != Some(200) {
+        assert!(t1.elapsed() < Duration::from_secs(60), "not ready again after the broker came back:\n{}", daemon.log_text());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let seen = done_results(&n.results, &ids, Duration::from_secs(240));
+    let committed_all = wait_committed(&n, ids.len() as i64, Duration::from_secs(60));
+    let log = daemon.log_text();
+    assert!(daemon.stop().success(), "{log}");
+    assert_eq!(unready.as_deref(), Some("kafka: no broker reachable\n"), "readiness while the broker was down\n{log}");
+    assert_eq!(live, Some(200), "liveness must hold while the broker is down (a restart would not help)");
+    assert_eq!(seen.len(), ids.len(), "jobs lost over the broker outage\n{log}");
+    assert_eq!(committed_all, ids.len() as i64);
+    assert!(consume(&n.dlq, 0, Duration::from_secs(2), Duration::ZERO).is_empty(), "an outage dead-lettered jobs");
+}
+
 /// Throughput through Kafka and S3 against the raw model (not part of the suite: `cargo test --release --test
 /// daemon_e2e -- --ignored --nocapture bench`). Encode jobs over the first `GLOWD_BENCH_JOBS` (256) CelebA images of
 /// `$GLOWD_SHARED_DATA/celeba/img` with the face crop, on `GLOWD_BENCH_MODEL` (models/celeba-32), batch 16.
@@ -882,14 +927,115 @@ fn bench_encode_jobs_through_kafka_and_s3() {
         mean("put_seconds"),
         mean("total_seconds")
     );
+
+    // Half load: the same jobs again (new ids) at half the rate just measured; latency from the producer's send to
+    // the result record's broker timestamp.
+    let rate = e2e / 2.0;
+    let half: Vec<(String, String)> = files
+        .iter()
+        .cycle()
+        .take(((rate * 40.0) as usize).clamp(32, 1024))
+        .enumerate()
+        .map(|(i, f)| {
+            let uri = format!("s3://{}/{}/{}", bucket(), n.inputs, f.file_name().unwrap().to_str().unwrap());
+            (format!("h-{i}"), job(&format!("h-{i}"), "encode", json!({"input": uri})))
+        })
+        .collect();
+    let topic = n.jobs.clone();
+    let to_send = half.clone();
+    let sender = std::thread::spawn(move || {
+        let rt = runtime();
+        let producer: FutureProducer =
+            ClientConfig::new().set("bootstrap.servers", brokers()).set("linger.ms", "0").create().unwrap();
+        let t0 = Instant::now();
+        let mut sent = HashMap::new();
+        for (i, (id, payload)) in to_send.iter().enumerate() {
+            let due = t0 + Duration::from_secs_f64(i as f64 / rate);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+            rt.block_on(producer.send(FutureRecord::<str, str>::to(&topic).payload(payload), Duration::from_secs(10)))
+                .unwrap();
+            sent.insert(id.clone(), ms);
+        }
+        sent
+    });
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("bench-half-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    c.subscribe(&[&n.results]).unwrap();
+    let mut finished: HashMap<String, i64> = HashMap::new();
+    let t0 = Instant::now();
+    while finished.len() < half.len() && t0.elapsed() < Duration::from_secs(900) {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            let v: Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
+            let id = v["job"].as_str().unwrap_or_default().to_string();
+            if id.starts_with("h-") {
+                finished.insert(id, m.timestamp().to_millis().unwrap_or(0));
+            }
+        }
+    }
+    let sent = sender.join().unwrap();
+    let mut half_latency: Vec<f64> =
+        finished.iter().map(|(id, done_ms)| (done_ms - sent[id]) as f64 / 1000.0).collect();
+    half_latency.sort_by(f64::total_cmp);
+    let half_pct = |p: f64| half_latency[((half_latency.len() as f64 - 1.0) * p) as usize];
     daemon.stop();
     println!(
         "jobs {} done {done}: raw `glowd encode --batch 16` {raw:.1} images/s; through Kafka + S3 {e2e:.1} jobs/s ({:.2} of raw); \
-         job latency p50 {:.3} s p99 {:.3} s (at saturation)",
+         job latency p50 {:.3} s p99 {:.3} s (at saturation, in-pipeline)",
         jobs.len(),
         e2e / raw,
         pct(0.5),
         pct(0.99)
     );
+    println!(
+        "half load ({rate:.1} jobs/s, {} jobs): latency from send to result record p50 {:.3} s p99 {:.3} s",
+        half_latency.len(),
+        half_pct(0.5),
+        half_pct(0.99)
+    );
     assert_eq!(done, jobs.len());
+    assert_eq!(finished.len(), half.len());
+}
+
+/// Peak RSS of the daemon after 1,000 jobs with a 1k and with a 100k backlog in the topic (not part of the suite:
+/// `cargo test --release --test daemon_e2e -- --ignored --nocapture bench_rss`). The consumer's prefetch, the
+/// pipeline's in-flight limit and its channels are bounded, so the backlog must not show in memory.
+#[test]
+#[ignore]
+fn bench_rss_with_a_1k_and_a_100k_backlog() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::pipeline::model_with_directions(tmp.path());
+    let rt = runtime();
+    let mut peaks = Vec::new();
+    for backlog in [1_000usize, 100_000] {
+        let n = names(&format!("rss{backlog}"));
+        rt.block_on(create_topics(&n));
+        let t = Instant::now();
+        let jobs: Vec<String> =
+            (0..backlog).map(|i| job(&format!("r-{i}"), "sample", json!({"n": 1, "seed": i % 97}))).collect();
+        for chunk in jobs.chunks(5_000) {
+            rt.block_on(produce(&n.jobs, chunk));
+        }
+        println!("produced {backlog} jobs in {:.1} s", t.elapsed().as_secs_f64());
+        let port = free_port();
+        let dir = tmp.path().join(backlog.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let daemon = Daemon::start(&config(&dir, &n, &model, port), &dir.join("daemon.log"), port);
+        let results = consume(&n.results, 1_000, Duration::from_secs(600), Duration::ZERO);
+        let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id())).unwrap();
+        let kib = |key: &str| -> u64 {
+            status.lines().find(|l| l.starts_with(key)).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+        };
+        let (hwm, rss) = (kib("VmHWM:"), kib("VmRSS:"));
+        daemon.stop();
+        assert!(results.len() >= 1_000);
+        println!("backlog {backlog}: peak RSS {} MiB (now {} MiB) after {} results", hwm / 1024, rss / 1024, results.len());
+        peaks.push(hwm as f64);
+    }
+    println!("peak RSS 100k backlog / 1k backlog: {:.3}", peaks[1] / peaks[0]);
 }

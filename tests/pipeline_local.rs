@@ -351,13 +351,59 @@ fn the_command_line_runs_jobs_and_exits_1_when_some_were_dead_lettered() {
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_glowd"))
         .args(["run", "--model-dir", &s(&models.join("faces")), "--jobs", &s(&jobs_file), "--input-dir", &s(&input)])
         .args(["--output-dir", &s(&out), "--crop", "0,0,32,40", "--max-batch", "2", "--threads", "1"])
-        .env("GLOWD_LOG", "warn")
+        .args(["--log-format", "json"])
+        .env("GLOWD_LOG", "info")
         .output()
         .unwrap();
     assert_eq!(run.status.code(), Some(1), "{}", String::from_utf8_lossy(&run.stderr));
+    // JSON logs: every line an object; the job's lines carry its id (from the job span) for log collectors.
+    let logs: Vec<Value> = String::from_utf8_lossy(&run.stderr)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    // Log events are never text lines (the run's human summary and exit reason still are).
+    assert!(!stderr.contains(" INFO ") && !stderr.contains(" WARN ") && logs.len() >= 3, "{stderr}");
+    assert!(
+        logs.iter().any(|v| v["span"]["id"] == "cli-edit" && v["message"] == "done" && v["level"] == "INFO"),
+        "{logs:#?}"
+    );
     let summary: Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(summary, json!({"jobs": 2, "done": 1, "dead_lettered": 1, "abandoned": 0}));
     assert!(out.join("cli-edit/edited.png").is_file() && out.join("cli-edit/manifest.json").is_file());
     let dead = std::fs::read_to_string(out.join("dead-letters.jsonl")).unwrap();
     assert!(dead.contains("not_json") && dead.contains("\"offset\":1"), "{dead}");
+}
+
+/// Two models behind one device worker, and jobs for only one of them (then for both): each model's batcher must
+/// not hold the worker's slot while its own queue is empty, or the other model's jobs wait forever.
+#[test]
+fn jobs_for_one_of_two_models_all_finish() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    let faces = model(&models);
+    let other = models.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    for f in std::fs::read_dir(&faces).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, other.join(f.file_name().unwrap())).unwrap();
+    }
+    let input = tmp.path().join("input");
+    inputs(&input);
+    let mut lines = vec![
+        with(base("one-edit", "edit"), json!({"input": A, "edits": [{"attribute": "Smiling", "strength": 0.5}]})),
+        with(base("one-encode", "encode"), json!({"input": B})),
+        with(base("one-sample", "sample"), json!({"n": 2})),
+        with(base("one-edit-c", "edit"), json!({"input": C, "edits": [{"attribute": "Eyeglasses", "strength": 1}]})),
+    ];
+    let jobs_file = tmp.path().join("one.jsonl");
+    let text = |l: &[Value]| l.iter().map(Value::to_string).collect::<Vec<_>>().join("\n");
+    std::fs::write(&jobs_file, text(&lines)).unwrap();
+    let r = run(tmp.path(), "one", &models, &input, &jobs_file, 4);
+    assert_eq!((r.summary.done, r.summary.abandoned), (4, 0), "{:?}", r.summary);
+    lines.push(json!({"version": 1, "id": "other-sample", "kind": "sample", "model": {"name": "other", "version": "1"}, "n": 1}));
+    std::fs::write(&jobs_file, text(&lines)).unwrap();
+    let r = run(tmp.path(), "both", &models, &input, &jobs_file, 4);
+    assert_eq!((r.summary.done, r.summary.abandoned), (5, 0), "{:?}", r.summary);
 }

@@ -172,9 +172,41 @@ impl PipelineFile {
             .map_err(|m| invalid(path, m))
     }
 
+    /// For `glowd run` (embedded mode): the same file less its [kafka], [s3] and [http] tables and output bucket,
+    /// which that mode does not use, so their `${NAME}` variables need not be set.
+    pub fn load_embedded(path: &Path) -> Result<PipelineFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| invalid(path, e.to_string()))?;
+        Self::parse_embedded(&text, path.parent().unwrap_or(Path::new(".")), &|k| std::env::var(k).ok())
+            .map_err(|m| invalid(path, m))
+    }
+
+    pub fn parse_embedded(
+        text: &str,
+        base: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<PipelineFile, String> {
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(t) = value.as_table_mut() {
+            for service in ["kafka", "s3", "http"] {
+                t.remove(service);
+            }
+            if let Some(output) = t.get_mut("output").and_then(toml::Value::as_table_mut) {
+                output.remove("bucket");
+            }
+        }
+        Self::from_value(value, base, env)
+    }
+
     /// Parses a pipeline file's text; `base` resolves relative model paths, `env` answers `${NAME}`.
     pub fn parse(text: &str, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<PipelineFile, String> {
-        let mut value: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
+        Self::from_value(toml::from_str(text).map_err(|e| e.to_string())?, base, env)
+    }
+
+    fn from_value(
+        mut value: toml::Value,
+        base: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<PipelineFile, String> {
         expand(&mut value, env, "")?;
         let raw: RawFile = value.try_into().map_err(|e: toml::de::Error| e.to_string())?;
         let mut models: Vec<ModelSpec> = raw
@@ -282,6 +314,22 @@ mod tests {
 
 #[cfg(test)]
 mod local_file {
+    #[test]
+    fn embedded_mode_reads_pipelines_local_toml_without_the_services_variables() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+        let text = std::fs::read_to_string(dir.join("local.toml")).unwrap();
+        let e = super::PipelineFile::parse(&text, &dir, &|_| None).unwrap_err();
+        assert!(e.contains("KAFKA_BROKERS"), "{e}");
+        let f = super::PipelineFile::parse_embedded(&text, &dir, &|_| None).unwrap();
+        assert!(f.kafka.is_none() && f.s3.is_none());
+        assert!(!f.models.is_empty());
+        assert!(f.pipeline.output.bucket.is_empty() && f.pipeline.output.prefix == "outputs");
+        // Still strict about what it keeps.
+        let bad = text.replace("[output]", "[output]\nprefx = \"x\"");
+        let e = super::PipelineFile::parse_embedded(&bad, &dir, &|_| None).unwrap_err();
+        assert!(e.contains("prefx"), "{e}");
+    }
+
     #[test]
     fn pipelines_local_toml_parses() {
         let env = |k: &str| match k {

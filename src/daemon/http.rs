@@ -1,5 +1,5 @@
 //! `/metrics` (Prometheus text), `/healthz` (liveness: the poll loop is turning) and `/readyz` (models loaded, the
-//! S3 self-test passed, partitions assigned or the group joined, not draining).
+//! S3 self-test passed, a Kafka broker reachable, not draining).
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -49,6 +49,9 @@ async fn readyz(State(h): State<Health>) -> (StatusCode, String) {
     }
     if !h.ready.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into());
+    }
+    if h.source.get().is_some_and(|s| s.brokers_down.load(Ordering::Relaxed)) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "kafka: no broker reachable\n".into());
     }
     (StatusCode::OK, "ready\n".into())
 }

@@ -56,6 +56,9 @@ pub struct SourceState {
     pub last_poll_ms: AtomicU64,
     pub assigned: AtomicU64,
     pub paused: AtomicU64,
+    /// No broker reachable (librdkafka's all-brokers-down error, or a statistics report with none up): readiness
+    /// fails until a report shows one up again. The consumer reconnects by itself meanwhile.
+    pub brokers_down: AtomicBool,
 }
 
 impl SourceState {
@@ -71,10 +74,25 @@ fn now_ms() -> u64 {
 
 struct Context {
     tracker: Arc<Mutex<OffsetTracker>>,
+    state: Arc<SourceState>,
 }
 
 impl ClientContext for Context {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
+            if !self.state.brokers_down.swap(true, Ordering::Relaxed) {
+                tracing::warn!(%reason, "kafka: no broker reachable (not ready until one is)");
+            }
+        } else {
+            tracing::error!(error = %error, %reason, "kafka client error");
+        }
+    }
+
     fn stats(&self, stats: rdkafka::Statistics) {
+        let up = stats.brokers.values().filter(|b| b.state == "UP").count();
+        if self.state.brokers_down.swap(up == 0, Ordering::Relaxed) && up > 0 {
+            tracing::info!(brokers_up = up, "kafka: broker reachable again");
+        }
         for (topic, t) in &stats.topics {
             for (p, part) in &t.partitions {
                 if *p >= 0 && part.consumer_lag >= 0 {
@@ -158,6 +176,7 @@ impl KafkaSource {
         jobs: mpsc::Sender<Envelope>,
     ) -> Result<KafkaSource, String> {
         let tracker = Arc::new(Mutex::new(OffsetTracker::new(ack_config)));
+        let state = Arc::new(SourceState::default());
         let mut config = client_config(k)?;
         config.set("group.id", &k.group).set("enable.auto.commit", "true").set("enable.auto.offset.store", "false");
         defaults(
@@ -172,12 +191,11 @@ impl KafkaSource {
             ],
         );
         let consumer: BaseConsumer<Context> = config
-            .create_with_context(Context { tracker: tracker.clone() })
+            .create_with_context(Context { tracker: tracker.clone(), state: state.clone() })
             .map_err(|e| format!("kafka consumer: {e}"))?;
         consumer.subscribe(&[&k.jobs_topic]).map_err(|e| format!("subscribe {}: {e}", k.jobs_topic))?;
         let intake = Arc::new(AtomicBool::new(true));
         let finish = Arc::new(AtomicBool::new(false));
-        let state = Arc::new(SourceState::default());
         let (ack_tx, ack_rx) = std::sync::mpsc::channel::<AckToken>();
         let poller = Poller {
             consumer,
@@ -262,6 +280,8 @@ impl Poller {
                     metrics::counter!("glowd_kafka_errors_total").increment(1);
                 }
                 Some(Ok(m)) => {
+                    // A record arrived, so a broker is reachable (also when statistics are switched off).
+                    self.state.brokers_down.store(false, Ordering::Relaxed);
                     let tp = TopicPartition::new(m.topic(), m.partition());
                     let registered = self.tracker.lock().unwrap_or_else(|p| p.into_inner()).register(&tp, m.offset());
                     match registered {

@@ -1,7 +1,7 @@
 //! The pull batcher (text-embeddings-inference's shape): per model, jobs queue their device ops; a batcher per
-//! (model, device worker) first reserves the worker's single slot, then takes whatever is queued up to the batch
-//! budget. While the device is busy the queue fills, so batches grow by themselves under load and a lone job never
-//! waits for a linger timer.
+//! (model, device worker) takes the first queued op, reserves the worker's single slot, then takes whatever else is
+//! queued up to the batch budget. While the device is busy the queue fills, so batches grow by themselves under
+//! load and a lone job never waits for a linger timer.
 use crate::worker::{Batch, BatchItem, DeviceWorker};
 use std::sync::Arc;
 use tokio::sync::{mpsc, Mutex};
@@ -31,20 +31,21 @@ impl ModelQueue {
 async fn batch_loop(model: usize, rx: Arc<Mutex<mpsc::Receiver<BatchItem>>>, worker: DeviceWorker, max_batch: usize) {
     let mut carry: Option<BatchItem> = None;
     loop {
-        let Ok(permit) = worker.reserve().await else { return };
-        let mut items = Vec::new();
-        let mut budget = 0usize;
-        {
-            let mut queue = rx.lock().await;
-            let first = match carry.take() {
+        // First an op of this model, then the worker's slot. The other order would let the batcher of a model with
+        // nothing queued hold the slot while it waits, and every other model on that worker would wait with it.
+        let first = match carry.take() {
+            Some(item) => item,
+            None => match rx.lock().await.recv().await {
                 Some(item) => item,
-                None => match queue.recv().await {
-                    Some(item) => item,
-                    None => return,
-                },
-            };
-            budget += first.op.cost();
-            items.push(first);
+                None => return,
+            },
+        };
+        let Ok(permit) = worker.reserve().await else { return };
+        // While waiting for the slot the queue kept filling: take what fits. If another batcher of this model (one
+        // per device) holds the queue, it is waiting on an empty queue or taking its own batch: go with what we have.
+        let mut budget = first.op.cost();
+        let mut items = vec![first];
+        if let Ok(mut queue) = rx.try_lock() {
             while budget < max_batch {
                 match queue.try_recv() {
                     Ok(item) if budget + item.op.cost() > max_batch => {

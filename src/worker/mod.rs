@@ -175,8 +175,8 @@ pub struct WorkerConfig {
 /// A running device thread. Dropping every clone of its sender stops the thread after the batch in hand.
 #[derive(Clone)]
 pub struct DeviceWorker {
-    /// Capacity 1: the batcher reserves the slot first and then takes whatever is queued, so batches grow while
-    /// the device is busy (a pull batcher).
+    /// Capacity 1: a batcher reserves the slot once it has an op, then takes whatever else is queued, so batches
+    /// grow while the device is busy (a pull batcher).
     tx: mpsc::Sender<Batch>,
     pub device: String,
     pub models: Arc<Vec<ModelInfo>>,
