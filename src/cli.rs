@@ -192,6 +192,15 @@ enum Command {
     /// The daemon: Kafka jobs topic -> batched device workers -> S3, results and DLQ topics, /metrics /healthz
     /// /readyz; SIGTERM drains and commits
     Serve(crate::cli_pipeline::ServeArgs),
+    /// Check a pipeline file (keys, models, the [submit] job's model and attributes) before anything runs; exit 1
+    /// naming each problem by key
+    Validate(crate::cli_submit::ValidateArgs),
+    /// Enqueue one job per image under an S3 prefix (the pipeline file's [submit] template); prints the run id
+    Submit(crate::cli_submit::SubmitArgs),
+    /// Done / failed / pending of a submitted run, from the results topic and the run record
+    Status(crate::cli_submit::StatusArgs),
+    /// A run's latents as Parquet shards plus dataset.json, under <output prefix>/datasets/<run>/
+    Dataset(crate::cli_submit::DatasetArgs),
     /// Compare the pixels of image pairs (a1 b1 a2 b2 ...): prints the differences, exit 1 if any pair differs
     Compare {
         #[arg(required = true, num_args = 2..)]
@@ -633,6 +642,10 @@ fn run(cli: Cli) -> Result<usize> {
         }
         Command::Run(args) => crate::cli_pipeline::run(args),
         Command::Serve(args) => crate::cli_pipeline::serve(args),
+        Command::Validate(args) => crate::cli_submit::validate(args),
+        Command::Submit(args) => crate::cli_submit::submit(args),
+        Command::Status(args) => crate::cli_submit::status(args),
+        Command::Dataset(args) => crate::cli_submit::dataset(args),
         Command::Compare { pairs } => {
             if pairs.len() % 2 != 0 {
                 bail!("give images in pairs (a1 b1 a2 b2 ...), got {}", pairs.len());

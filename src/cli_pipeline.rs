@@ -107,7 +107,7 @@ pub fn run(args: RunArgs) -> Result<usize> {
 #[derive(Args)]
 pub struct ServeArgs {
     /// Pipeline file (TOML): [kafka], [s3], [[models]] or models_dir, [http], and the pipeline's bounds
-    #[arg(long)]
+    #[arg(long, visible_alias = "pipeline")]
     config: PathBuf,
 }
 

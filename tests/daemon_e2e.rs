@@ -15,7 +15,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -132,10 +132,16 @@ struct Daemon {
 
 impl Daemon {
     fn start(config: &Path, log: &Path, port: u16) -> Daemon {
+        Daemon::start_with(config, &[], log, port)
+    }
+
+    /// With extra environment (`GLOWD__…` overrides, the dev stack's variables).
+    fn start_with(config: &Path, envs: &[(String, String)], log: &Path, port: u16) -> Daemon {
         let env = stack();
         let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_glowd"))
             .args(["serve", "--config", config.to_str().unwrap()])
+            .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("GLOWD_LOG", "info")
             .env("AWS_ACCESS_KEY_ID", &env["AWS_ACCESS_KEY_ID"])
             .env("AWS_SECRET_ACCESS_KEY", &env["AWS_SECRET_ACCESS_KEY"])
@@ -826,6 +832,160 @@ fn broker_down_mid_run_fails_readiness_then_loses_nothing() {
     assert_eq!(seen.len(), ids.len(), "jobs lost over the broker outage\n{log}");
     assert_eq!(committed_all, ids.len() as i64);
     assert!(consume(&n.dlq, 0, Duration::from_secs(2), Duration::ZERO).is_empty(), "an outage dead-lettered jobs");
+}
+
+/// `glowd` with the dev stack's environment plus `envs`: (exit status, stdout, stderr).
+fn glowd(args: &[&str], envs: &[(String, String)]) -> (std::process::ExitStatus, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_glowd"))
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The shipped pipeline files (`pipelines/bulk-edit.toml`, `latent-dataset.toml`, `nightly-augment.toml`) on the dev
+/// stack over 200 CelebA faces: `glowd submit`, the daemon, `glowd status`, `glowd dataset`; every image has its
+/// outputs, the Parquet rows are the latents, and submitting or building again changes no byte.
+#[test]
+fn the_three_pipelines_end_to_end_over_real_faces() {
+    let _serial = serial();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let data = std::env::var("GLOWD_SHARED_DATA").map(PathBuf::from).unwrap_or(root.join("../shared/data"));
+    let mut faces: Vec<PathBuf> = std::fs::read_dir(data.join("celeba/img"))
+        .expect("../shared/data/celeba/img (the shared data set)")
+        .map(|e| e.unwrap().path())
+        .collect();
+    faces.sort();
+    faces.truncate(200);
+    assert_eq!(faces.len(), 200);
+    let n = names("pipelines");
+    let rt = runtime();
+    let client = rt.block_on(s3());
+    let inputs = format!("inputs/{}", n.inputs.replace('/', "-"));
+    rt.block_on(async {
+        create_topics(&n).await;
+        for f in &faces {
+            put(&client, &format!("{inputs}/{}", f.file_name().unwrap().to_str().unwrap()), std::fs::read(f).unwrap()).await;
+        }
+    });
+    let prefix = format!("s3://{}/{inputs}/", bucket());
+    let env = stack();
+    let base_env = |name: &str, port: u16| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = ["KAFKA_BROKERS", "S3_ENDPOINT", "AWS_REGION", "S3_BUCKET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+            .iter()
+            .map(|k| (k.to_string(), env[*k].clone()))
+            .collect();
+        v.extend([
+            ("GLOWD__KAFKA__JOBS_TOPIC".into(), n.jobs.clone()),
+            ("GLOWD__KAFKA__RESULTS_TOPIC".into(), n.results.clone()),
+            ("GLOWD__KAFKA__DLQ_TOPIC".into(), n.dlq.clone()),
+            ("GLOWD__KAFKA__GROUP".into(), format!("{}-{name}", n.group)),
+            ("GLOWD__OUTPUT__PREFIX".into(), format!("{}/{name}", n.outputs)),
+            ("GLOWD__HTTP__LISTEN".into(), format!("127.0.0.1:{port}")),
+        ]);
+        v
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["bulk-edit", "latent-dataset", "nightly-augment"] {
+        let file = root.join(format!("pipelines/{name}.toml"));
+        let file_arg = file.to_str().unwrap();
+        let port = free_port();
+        let envs = base_env(name, port);
+        let (st, out, err) = glowd(&["validate", file_arg], &envs);
+        assert!(st.success(), "{name}: validate: {out}{err}");
+        let daemon = Daemon::start_with(&file, &envs, &tmp.path().join(format!("{name}.log")), port);
+        let (st, run, err) = glowd(&["submit", "--pipeline", file_arg, "--prefix", &prefix], &envs);
+        assert!(st.success(), "{name}: submit: {err}");
+        let run = run.trim().to_string();
+        assert!(err.contains("200 jobs enqueued"), "{err}");
+        let t0 = Instant::now();
+        let status = loop {
+            let (st, out, err) = glowd(&["status", "--pipeline", file_arg, "--run", &run], &envs);
+            assert!(st.success(), "status: {err}");
+            let v: Value = serde_json::from_str(out.trim()).unwrap();
+            if v["pending"] == 0 || t0.elapsed() > Duration::from_secs(400) {
+                break v;
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        };
+        assert_eq!(status, json!({"run": run, "images": 200, "done": 200, "dead_lettered": 0, "skipped": 0, "pending": 0}), "{}", daemon.log_text());
+        let out_root = format!("{}/{name}", n.outputs);
+        let outputs = rt.block_on(objects(&client, &out_root));
+        let jobs: BTreeSet<&str> = outputs.keys().filter_map(|k| k.split('/').next()).filter(|j| j.starts_with(&run)).collect();
+        assert_eq!(jobs.len(), 200, "{name}: one output folder per image");
+        for job in &jobs {
+            let manifest: Value = serde_json::from_slice(&outputs[&format!("{job}/manifest.json")]).unwrap();
+            let want = match name {
+                "bulk-edit" => vec!["edited.png"],
+                "latent-dataset" => vec!["latents.safetensors"],
+                _ => vec!["variant-000.png", "variant-001.png", "variant-002.png", "variant-003.png"],
+            };
+            let names: Vec<&str> = manifest["outputs"].as_array().unwrap().iter().map(|o| o["key"].as_str().unwrap().rsplit('/').next().unwrap()).collect();
+            assert_eq!(names, want, "{name} {job}");
+            for w in want.iter().filter(|w| w.ends_with(".png")) {
+                assert!(image::load_from_memory(&outputs[&format!("{job}/{w}")]).is_ok());
+            }
+        }
+        if name == "latent-dataset" {
+            let (st, out, err) = glowd(&["dataset", "--pipeline", file_arg, "--run", &run], &envs);
+            assert!(st.success(), "dataset: {err}");
+            let dir = format!("{out_root}/datasets/{run}");
+            assert_eq!(out.trim(), format!("s3://{}/{dir}/dataset.json", bucket()));
+            let first = rt.block_on(objects(&client, &dir));
+            let manifest: Value = serde_json::from_slice(&first["dataset.json"]).unwrap();
+            assert_eq!(manifest["rows"], 200);
+            let shard = bytes::Bytes::from(first["part-00000.parquet"].clone());
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(shard).unwrap().build().unwrap();
+            let mut rows = 0;
+            for batch in reader {
+                use arrow_array::cast::AsArray;
+                let batch = batch.unwrap();
+                let ids = batch.column_by_name("job_id").unwrap().as_string::<i32>();
+                let latent = batch.column_by_name("latent").unwrap().as_fixed_size_list();
+                let bpd = batch.column_by_name("bits_per_dim").unwrap().as_primitive::<arrow_array::types::Float64Type>();
+                assert!(batch.column_by_name("score_Smiling").is_some());
+                for i in 0..batch.num_rows() {
+                    let job = ids.value(i);
+                    let want = glowd::dataset::flatten_latents(&outputs[&format!("{job}/latents.safetensors")]).unwrap();
+                    let got = latent.value(i);
+                    assert_eq!(got.as_primitive::<arrow_array::types::Float32Type>().values().to_vec(), want, "{job}");
+                    let m: Value = serde_json::from_slice(&outputs[&format!("{job}/manifest.json")]).unwrap();
+                    assert_eq!(bpd.value(i), m["bits_per_dim"][0].as_f64().unwrap());
+                    rows += 1;
+                }
+            }
+            assert_eq!(rows, 200);
+            let (st, _, err) = glowd(&["dataset", "--pipeline", file_arg, "--run", &run], &envs);
+            assert!(st.success(), "{err}");
+            assert!(rt.block_on(objects(&client, &dir)) == first, "rebuilding the dataset changed bytes");
+        }
+        if name == "bulk-edit" {
+            // The same run again: the same job ids, create-only writes: not one byte changes. Then --resume skips all.
+            let (st, again, err) = glowd(&["submit", "--pipeline", file_arg, "--prefix", &prefix], &envs);
+            assert!(st.success() && again.trim() == run, "{err}");
+            let group = Names {
+                jobs: n.jobs.clone(),
+                results: n.results.clone(),
+                dlq: n.dlq.clone(),
+                group: format!("{}-{name}", n.group),
+                inputs: n.inputs.clone(),
+                outputs: n.outputs.clone(),
+            };
+            assert_eq!(wait_committed(&group, 400, Duration::from_secs(300)), 400, "the resubmitted jobs were not all done");
+            assert!(rt.block_on(objects(&client, &out_root)) == outputs, "resubmitting the run changed outputs");
+            let (st, _, err) = glowd(&["submit", "--pipeline", file_arg, "--prefix", &prefix, "--resume"], &envs);
+            assert!(st.success() && err.contains(": 0 jobs enqueued") && err.contains("200 skipped"), "{err}");
+        }
+        assert!(daemon.stop().success());
+    }
+    // A misspelt key fails validation, named.
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, std::fs::read_to_string(root.join("pipelines/bulk-edit.toml")).unwrap().replace("max_batch", "max_bach")).unwrap();
+    let (st, out, _) = glowd(&["validate", bad.to_str().unwrap()], &base_env("bad", 1));
+    assert_eq!(st.code(), Some(1));
+    assert!(out.contains("max_bach"), "{out}");
 }
 
 /// Throughput through Kafka and S3 against the raw model (not part of the suite: `cargo test --release --test

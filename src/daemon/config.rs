@@ -147,6 +147,11 @@ struct RawFile {
     output: OutputSettings,
     #[serde(default)]
     jobs: crate::job::JobLimits,
+    /// `glowd submit`'s job template and pacing.
+    submit: Option<crate::submit::SubmitSettings>,
+    /// `glowd dataset`'s sharding.
+    #[serde(default)]
+    dataset: crate::submit::DatasetSettings,
 }
 
 /// A loaded, checked pipeline file.
@@ -157,6 +162,8 @@ pub struct PipelineFile {
     pub http: HttpSettings,
     pub models: Vec<ModelSpec>,
     pub pipeline: PipelineSettings,
+    pub submit: Option<crate::submit::SubmitSettings>,
+    pub dataset: crate::submit::DatasetSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,9 +173,13 @@ pub enum ConfigError {
 }
 
 impl PipelineFile {
+    /// Reads a pipeline file; `GLOWD__<TABLE>__<KEY>=value` environment variables override its settings (see
+    /// [`override_from_env`]).
     pub fn load(path: &Path) -> Result<PipelineFile, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| invalid(path, e.to_string()))?;
-        Self::parse(&text, path.parent().unwrap_or(Path::new(".")), &|k| std::env::var(k).ok())
+        let mut value: toml::Value = toml::from_str(&text).map_err(|e| invalid(path, e.to_string()))?;
+        override_from_env(&mut value, std::env::vars()).map_err(|m| invalid(path, m))?;
+        Self::from_value(value, path.parent().unwrap_or(Path::new(".")), &|k| std::env::var(k).ok())
             .map_err(|m| invalid(path, m))
     }
 
@@ -186,6 +197,7 @@ impl PipelineFile {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<PipelineFile, String> {
         let mut value: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
+        override_from_env(&mut value, std::env::vars())?;
         if let Some(t) = value.as_table_mut() {
             for service in ["kafka", "s3", "http"] {
                 t.remove(service);
@@ -232,7 +244,15 @@ impl PipelineFile {
                 crate::job::AllowedPrefix::new(&a.bucket, &a.prefix).map_err(|e| format!("s3.allowed_inputs: {e}"))?;
             }
         }
-        Ok(PipelineFile { kafka: raw.kafka, s3: raw.s3, http: raw.http, models, pipeline })
+        Ok(PipelineFile {
+            kafka: raw.kafka,
+            s3: raw.s3,
+            http: raw.http,
+            models,
+            pipeline,
+            submit: raw.submit,
+            dataset: raw.dataset,
+        })
     }
 
     /// The daemon's allowed input prefixes.
@@ -247,6 +267,37 @@ impl PipelineFile {
 
 fn invalid(path: &Path, message: String) -> ConfigError {
     ConfigError::Invalid { path: path.display().to_string(), message }
+}
+
+/// Environment overrides, the way a Deployment or CronJob tunes one file: `GLOWD__LIMITS__MAX_IN_FLIGHT_JOBS=8`
+/// sets `[limits] max_in_flight_jobs = 8`, `GLOWD__KAFKA__BROKERS=b:9092` sets `[kafka] brokers`. The path is
+/// lower-cased; the value is read as a TOML value (number, boolean, array) and otherwise taken as a string. The
+/// result is checked like the file itself, so a misspelt key is still an error naming it.
+pub fn override_from_env(
+    value: &mut toml::Value,
+    vars: impl Iterator<Item = (String, String)>,
+) -> Result<(), String> {
+    for (name, raw) in vars {
+        let Some(path) = name.strip_prefix("GLOWD__") else { continue };
+        let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+        if keys.iter().any(String::is_empty) {
+            return Err(format!("{name}: empty key segment"));
+        }
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        let mut table = value.as_table_mut().ok_or("a pipeline file is a table")?;
+        for k in &keys[..keys.len() - 1] {
+            table = table
+                .entry(k.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| format!("{name}: `{k}` is not a table"))?;
+        }
+        table.insert(keys[keys.len() - 1].clone(), parsed);
+    }
+    Ok(())
 }
 
 /// Replaces `${NAME}` in every string value.
@@ -309,6 +360,30 @@ mod tests {
         assert!(e.contains("batching.max_batch"), "{e}");
         let e = PipelineFile::parse("[output]\nprefix = \"${NOPE}\"\n", Path::new("."), &env).unwrap_err();
         assert!(e.contains("NOPE") && e.contains("output.prefix"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod env_overrides {
+    #[test]
+    fn glowd_variables_override_keys_and_misspellings_still_fail() {
+        let text = "[limits]\nmax_in_flight_jobs = 64\n[output]\nprefix = \"out\"\n";
+        let mut v: toml::Value = toml::from_str(text).unwrap();
+        let vars = [
+            ("GLOWD__LIMITS__MAX_IN_FLIGHT_JOBS", "8"),
+            ("GLOWD__OUTPUT__PREFIX", "nightly/2026"),
+            ("GLOWD__BATCHING__DEVICES", "[\"cuda:0\", \"cuda:1\"]"),
+            ("HOME", "/root"),
+        ];
+        super::override_from_env(&mut v, vars.iter().map(|(a, b)| (a.to_string(), b.to_string()))).unwrap();
+        let f = super::PipelineFile::from_value(v, std::path::Path::new("."), &|_| None).unwrap();
+        assert_eq!(f.pipeline.limits.max_in_flight_jobs, 8);
+        assert_eq!(f.pipeline.output.prefix, "nightly/2026");
+        assert_eq!(f.pipeline.batching.devices, ["cuda:0", "cuda:1"]);
+        let mut v: toml::Value = toml::from_str(text).unwrap();
+        super::override_from_env(&mut v, std::iter::once(("GLOWD__LIMITS__MAX_INFLIGHT".into(), "3".into()))).unwrap();
+        let e = super::PipelineFile::from_value(v, std::path::Path::new("."), &|_| None).unwrap_err();
+        assert!(e.contains("max_inflight"), "{e}");
     }
 }
 

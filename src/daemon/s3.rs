@@ -40,6 +40,11 @@ impl S3Store {
         S3Store { client: Client::from_conf(b.build()) }
     }
 
+    /// The SDK client, for the listing and plain overwrites of `glowd submit` and `glowd dataset`.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Writes `key` create-only twice: the second write must be refused (412). A store that overwrites instead
     /// would turn redelivered jobs into duplicate writes, so the daemon refuses to become ready on it. The probe
     /// key is fixed, so only one small object ever exists.
