@@ -407,3 +407,53 @@ fn jobs_for_one_of_two_models_all_finish() {
     let r = run(tmp.path(), "both", &models, &input, &jobs_file, 4);
     assert_eq!((r.summary.done, r.summary.abandoned), (5, 0), "{:?}", r.summary);
 }
+
+/// The likelihood gate: bits/dim above `gate.max_bits_per_dim` skips the job (nothing written, status `skipped`,
+/// reason `likelihood_gate`) or flags it (outputs written, `flags: ["over_likelihood_gate"]`); below it, nothing.
+#[test]
+fn the_likelihood_gate_skips_or_flags_outliers() {
+    use glowd::pipeline::settings::GateAction;
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    model(&models);
+    let input = tmp.path().join("input");
+    inputs(&input);
+    let jobs_file = tmp.path().join("jobs.jsonl");
+    let jobs = [with(base("gated", "encode"), json!({"input": B})), with(base("free", "sample"), json!({"n": 1}))];
+    std::fs::write(&jobs_file, jobs.iter().map(Value::to_string).collect::<Vec<_>>().join("\n")).unwrap();
+    let go = |name: &str, max: f64, action: GateAction| {
+        let mut s = settings(2);
+        s.gate.max_bits_per_dim = Some(max);
+        s.gate.action = action;
+        let out = tmp.path().join(name);
+        let opts = EmbeddedOptions {
+            model_dir: models.clone(),
+            jobs: jobs_file.clone(),
+            input_dir: input.clone(),
+            output_dir: out.clone(),
+            results: None,
+            dead_letters: None,
+            settings: s,
+        };
+        let summary = run_embedded(&opts).unwrap();
+        assert_eq!((summary.done, summary.dead_lettered), (2, 0));
+        let results: BTreeMap<String, Value> =
+            lines(&out.join("results.jsonl")).into_iter().map(|r| (r["job"].as_str().unwrap().to_string(), r)).collect();
+        for r in results.values() {
+            glowd::job::validate(glowd::job::SchemaName::Result, r).unwrap_or_else(|e| panic!("{e}: {r}"));
+        }
+        (out, results)
+    };
+    let (out, r) = go("skip", 0.5, GateAction::Skip);
+    assert_eq!(r["gated"]["status"], "skipped");
+    assert_eq!(r["gated"]["skip_reason"], "likelihood_gate");
+    assert!(r["gated"]["bits_per_dim"][0].as_f64().unwrap() > 0.5);
+    assert!(!out.join("gated").exists(), "a skipped job wrote outputs");
+    assert_eq!(r["free"]["status"], "done", "sample jobs have no input to gate");
+    let (out, r) = go("flag", 0.5, GateAction::Flag);
+    assert_eq!((r["gated"]["status"].as_str(), r["gated"]["flags"].clone()), (Some("done"), json!(["over_likelihood_gate"])));
+    assert!(out.join("gated/latents.safetensors").is_file());
+    let (_, r) = go("open", 1e6, GateAction::Skip);
+    assert_eq!(r["gated"]["status"], "done");
+    assert!(r["gated"].get("flags").is_none());
+}

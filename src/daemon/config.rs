@@ -147,6 +147,8 @@ struct RawFile {
     output: OutputSettings,
     #[serde(default)]
     jobs: crate::job::JobLimits,
+    #[serde(default)]
+    gate: crate::pipeline::settings::GateSettings,
     /// `glowd submit`'s job template and pacing.
     submit: Option<crate::submit::SubmitSettings>,
     /// `glowd dataset`'s sharding.
@@ -237,6 +239,7 @@ impl PipelineFile {
             retry: raw.retry,
             output: raw.output,
             jobs: raw.jobs,
+            gate: raw.gate,
         };
         pipeline.check()?;
         if let Some(s3) = &raw.s3 {

@@ -131,6 +131,9 @@ pub struct JobResult {
     pub error: Option<JobFailure>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_reason: Option<String>,
+    /// Marks on a finished job: `over_likelihood_gate` when the gate flags rather than skips.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
 }
 
 impl JobResult {
@@ -149,6 +152,7 @@ impl JobResult {
             timings,
             error: None,
             skip_reason: None,
+            flags: vec![],
         }
     }
 
@@ -167,6 +171,7 @@ impl JobResult {
             timings: Timings::default(),
             error: Some(error.into()),
             skip_reason: None,
+            flags: vec![],
         }
     }
 }

@@ -278,14 +278,26 @@ impl Pipeline {
         timings.total_seconds = Some(started.elapsed().as_secs_f64());
         metrics::histogram!("glowd_job_seconds", "kind" => job.kind().as_str()).record(started.elapsed().as_secs_f64());
         match result {
-            Ok((outputs, bits_per_dim)) => {
-                let record = JobResult::done(&job, outputs, bits_per_dim, timings);
-                let record = JobResult { source: source.cloned(), ..record };
+            Ok((outputs, bits_per_dim, skipped)) => {
+                let over = self.settings.gate.over(&bits_per_dim);
+                let mut record = JobResult::done(&job, outputs, bits_per_dim, timings);
+                record.source = source.cloned();
+                let outcome = if let Some(reason) = skipped {
+                    tracing::info!(parent: &span, %reason, "skipped");
+                    record.status = JobStatus::Skipped;
+                    record.skip_reason = Some("likelihood_gate".into());
+                    "skipped"
+                } else {
+                    if over.is_some() {
+                        record.flags.push("over_likelihood_gate".into());
+                    }
+                    "done"
+                };
                 match self.report(|| self.reporter.result(&record), Stage::Report).await {
                     Ok(()) => {
-                        metrics::counter!("glowd_jobs_total", "kind" => job.kind().as_str(), "outcome" => "done")
+                        metrics::counter!("glowd_jobs_total", "kind" => job.kind().as_str(), "outcome" => outcome)
                             .increment(1);
-                        tracing::info!(parent: &span, "done");
+                        tracing::info!(parent: &span, "{outcome}");
                         Outcome::Done
                     }
                     Err(e) if e.kind == ABANDONED => Outcome::Abandoned,
@@ -341,6 +353,7 @@ impl Pipeline {
             timings,
             error: Some(failure),
             skip_reason: None,
+            flags: vec![],
         };
         // The dead letter first: the job counts as handled once it is durable there.
         let reported = async {
@@ -430,7 +443,12 @@ impl Pipeline {
     }
 
     /// Everything after parsing: returns the keys written and the bits/dim, or the error and attempts made.
-    async fn run_job(&self, job: &Job, timings: &mut Timings) -> Result<(Vec<String>, Vec<f64>), (StageError, u32)> {
+    /// Runs a job to its written outputs: (keys, bits/dim, why it was skipped instead, if it was).
+    async fn run_job(
+        &self,
+        job: &Job,
+        timings: &mut Timings,
+    ) -> Result<(Vec<String>, Vec<f64>, Option<String>), (StageError, u32)> {
         let (model_index, info) = self.model_for(job).map_err(|e| (e, 1))?;
         let prepared = prepare(job, info).map_err(|e| (e, 1))?;
         // Fetch and decode the inputs.
@@ -468,6 +486,11 @@ impl Pipeline {
         let op = prepared.op(images);
         let output = self.retrying(|| self.on_device(model_index, op.clone())).await?;
         Self::stage_time(&mut timings.device_seconds, t, "device");
+        if self.settings.gate.action == settings::GateAction::Skip {
+            if let Some(reason) = self.settings.gate.over(&output.bits_per_dim) {
+                return Ok((vec![], output.bits_per_dim.clone(), Some(reason)));
+            }
+        }
         // Encode the outputs.
         let t = Instant::now();
         let names = job.output_names();
@@ -515,7 +538,7 @@ impl Pipeline {
         Self::stage_time(&mut timings.put_seconds, t, "put");
         let mut keys: Vec<String> = manifest.outputs.iter().map(|o| o.key.clone()).collect();
         keys.push(manifest_key);
-        Ok((keys, output.bits_per_dim))
+        Ok((keys, output.bits_per_dim, None))
     }
 
     fn model_for(&self, job: &Job) -> Result<(usize, &ModelInfo), StageError> {

@@ -127,6 +127,34 @@ pub struct OutputSettings {
     pub prefix: String,
 }
 
+/// The likelihood gate: bits/dim is the model's outlier score (an image unlike the training data costs more bits).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GateSettings {
+    /// Jobs with an input image above this many bits/dim are gated; none when unset.
+    pub max_bits_per_dim: Option<f64>,
+    pub action: GateAction,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateAction {
+    /// Write the outputs as usual; the result says `"flags": ["over_likelihood_gate"]`.
+    #[default]
+    Flag,
+    /// Write nothing; the result has status `skipped` with the reason and the bits/dim.
+    Skip,
+}
+
+impl GateSettings {
+    /// Why these images are over the gate, if they are.
+    pub fn over(&self, bits_per_dim: &[f64]) -> Option<String> {
+        let max = self.max_bits_per_dim?;
+        let worst = bits_per_dim.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (worst > max).then(|| format!("{worst:.4} bits/dim is over the likelihood gate (gate.max_bits_per_dim = {max})"))
+    }
+}
+
 /// Everything the pipeline core needs besides its source, stores and reporter.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -137,6 +165,7 @@ pub struct PipelineSettings {
     pub retry: RetrySettings,
     pub output: OutputSettings,
     pub jobs: crate::job::JobLimits,
+    pub gate: GateSettings,
 }
 
 impl PipelineSettings {
