@@ -457,3 +457,44 @@ fn the_likelihood_gate_skips_or_flags_outliers() {
     assert_eq!(r["gated"]["status"], "done");
     assert!(r["gated"].get("flags").is_none());
 }
+
+/// An edit strong enough to push the latent off the model's range decodes to non-finite values: that job is
+/// dead-lettered (`non_finite_output`) instead of writing a black image, and a sane edit in the same batch is not
+/// affected. Uses the committed face model on a CelebA face from ../shared/data.
+#[test]
+fn an_edit_that_overflows_is_dead_lettered_not_written_black() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let data = std::env::var("GLOWD_SHARED_DATA").map(PathBuf::from).unwrap_or(root.join("../shared/data"));
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("input");
+    std::fs::create_dir_all(input.join("faces")).unwrap();
+    std::fs::copy(data.join("celeba/img/000001.jpg"), input.join("faces/a.jpg")).expect("../shared/data/celeba");
+    let job = |id: &str, attr: &str, strength: f64| {
+        json!({"version": 1, "id": id, "kind": "edit", "model": {"name": "celeba-32", "version": "1"},
+               "input": "s3://faces/a.jpg", "edits": [{"attribute": attr, "strength": strength}]})
+        .to_string()
+    };
+    let jobs_file = tmp.path().join("jobs.jsonl");
+    std::fs::write(&jobs_file, [job("too-far", "Wearing_Hat", 4.0), job("fine", "Smiling", 0.5)].join("\n")).unwrap();
+    let mut s = settings(4);
+    s.images.crop = Some([10, 25, 80, 95]);
+    let out = tmp.path().join("out");
+    let opts = EmbeddedOptions {
+        model_dir: root.join("models/celeba-32"),
+        jobs: jobs_file,
+        input_dir: input,
+        output_dir: out.clone(),
+        results: None,
+        dead_letters: None,
+        settings: s,
+    };
+    let summary = run_embedded(&opts).unwrap();
+    assert_eq!((summary.done, summary.dead_lettered), (1, 1), "{summary:?}");
+    let dead = lines(&out.join("dead-letters.jsonl"));
+    assert_eq!(dead[0]["job"], "too-far");
+    assert_eq!(dead[0]["error"]["kind"], "non_finite_output", "{}", dead[0]);
+    assert!(!out.join("too-far").exists());
+    let fine = image::open(out.join("fine/edited.png")).unwrap().to_rgb8();
+    let mean = fine.as_raw().iter().map(|&v| v as f64).sum::<f64>() / fine.as_raw().len() as f64;
+    assert!(mean > 20.0, "the sane edit came out dark (mean {mean})");
+}

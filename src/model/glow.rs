@@ -209,6 +209,21 @@ impl Glow {
     }
 
     /// Flow output → u8 pixels (on the CPU).
+    /// Which images of a float model output are finite everywhere. Far enough off the data (a strong edit), the
+    /// inverse flow overflows; quantising would turn NaN into black pixels without a word.
+    pub fn finite_rows(x: &Tensor) -> Vec<bool> {
+        Vec::<bool>::try_from(x.isfinite().flatten(1, -1).all_dim(1, false).to_device(Device::Cpu))
+            .expect("1-d bool tensor")
+    }
+
+    /// [`Glow::decode`], with which images came out finite.
+    pub fn decode_checked(&self, z: &[Tensor]) -> Result<(Tensor, Vec<bool>)> {
+        let n = z.first().map(|t| t.size()[0]).unwrap_or(0);
+        let given: Vec<Option<Tensor>> = z.iter().map(|t| Some(t.shallow_clone())).collect();
+        let x = self.reverse_flow(&given, n, &vec![1.0; self.levels.len()], 0)?;
+        Ok((self.output_to_pixels(&x), Self::finite_rows(&x)))
+    }
+
     pub fn output_to_pixels(&self, x: &Tensor) -> Tensor {
         let n_bins = self.config.n_bins();
         let shift = (1u32 << (8 - self.config.n_bits)) as f64;
@@ -374,6 +389,23 @@ impl Glow {
             .ok_or_else(|| ModelError::Input("decode_partial needs at least one given level".into()))?;
         let x = self.reverse_flow(z, n, temperatures, seed)?;
         Ok(self.output_to_pixels(&x))
+    }
+
+    /// [`Glow::decode_partial`], with which images came out finite.
+    pub fn decode_partial_checked(
+        &self,
+        z: &[Option<Tensor>],
+        temperatures: &[f64],
+        seed: u64,
+    ) -> Result<(Tensor, Vec<bool>)> {
+        let n = z
+            .iter()
+            .flatten()
+            .next()
+            .map(|t| t.size()[0])
+            .ok_or_else(|| ModelError::Input("decode_partial needs at least one given level".into()))?;
+        let x = self.reverse_flow(z, n, temperatures, seed)?;
+        Ok((self.output_to_pixels(&x), Self::finite_rows(&x)))
     }
 
     /// `n` samples with a temperature per level (finest first).

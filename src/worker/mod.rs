@@ -111,6 +111,10 @@ pub enum DeviceError {
     Stopped(String),
     #[error("unknown model {0}")]
     UnknownModel(String),
+    /// Decoding gave non-finite values (an edit or mix too strong for the model): a DeadLetter, since the same
+    /// op gives the same overflow; without this check the image would silently come out black.
+    #[error("{0}")]
+    NonFinite(String),
     /// Loading a model failed: the daemon must not start.
     #[error("loading model {name} {version} from {path}: {message}")]
     Load { name: String, version: String, path: String, message: String },
@@ -119,7 +123,7 @@ pub enum DeviceError {
 impl DeviceError {
     pub fn disposition(&self) -> Disposition {
         match self {
-            DeviceError::Input(_) | DeviceError::UnknownModel(_) => Disposition::DeadLetter,
+            DeviceError::Input(_) | DeviceError::UnknownModel(_) | DeviceError::NonFinite(_) => Disposition::DeadLetter,
             DeviceError::Torch(_) | DeviceError::Panicked(_) => Disposition::Retry,
             DeviceError::Stopped(_) | DeviceError::Load { .. } => Disposition::Fatal,
         }
@@ -132,6 +136,7 @@ impl DeviceError {
             DeviceError::Panicked(_) => "device_panic",
             DeviceError::Stopped(_) => "device_stopped",
             DeviceError::UnknownModel(_) => "unknown_model",
+            DeviceError::NonFinite(_) => "non_finite_output",
             DeviceError::Load { .. } => "model_load",
         }
     }
@@ -398,9 +403,12 @@ fn run_batch(model: &LoadedModel, ops: &[DeviceOp], max_batch: usize) -> Result<
                 let frames = (*frames).max(2);
                 let zs: Vec<Vec<Tensor>> =
                     (0..frames).map(|k| directions::interpolate(&za, &zb, k as f64 / (frames - 1) as f64)).collect();
-                let images = decode_chunked(glow, &zs, max_batch)?;
-                results[i] =
-                    Some(Ok(DeviceOutput { images, latents: None, bits_per_dim: vec![bpd_all[r], bpd_all[r + 1]] }));
+                let images = decode_chunked(glow, &zs, max_batch)?.into_iter().collect::<Result<Vec<_>, _>>();
+                results[i] = Some(images.map(|images| DeviceOutput {
+                    images,
+                    latents: None,
+                    bits_per_dim: vec![bpd_all[r], bpd_all[r + 1]],
+                }));
             }
             DeviceOp::Sample { n, temperatures, seed } => {
                 results[i] = Some(
@@ -415,6 +423,13 @@ fn run_batch(model: &LoadedModel, ops: &[DeviceOp], max_batch: usize) -> Result<
     if !edit_z.is_empty() {
         let images = decode_chunked(glow, &edit_z, max_batch)?;
         for ((i, image), z) in edit_ops.iter().zip(images).zip(&edit_z) {
+            let image = match image {
+                Ok(image) => image,
+                Err(e) => {
+                    results[*i] = Some(Err(e));
+                    continue;
+                }
+            };
             if let Some(Ok(out)) = &mut results[*i] {
                 out.images = vec![image];
                 if matches!(&ops[*i], DeviceOp::Edit { latents: true, .. }) {
@@ -458,8 +473,13 @@ fn encode_chunked(glow: &Glow, inputs: &[&Pixels], max_batch: usize) -> Result<(
     Ok((z, bpd))
 }
 
-/// Decodes a list of one-image latents in chunks of `max_batch`.
-fn decode_chunked(glow: &Glow, zs: &[Vec<Tensor>], max_batch: usize) -> Result<Vec<Pixels>, DeviceError> {
+/// Decodes a list of one-image latents in chunks of `max_batch`; an image that came out non-finite is an error of
+/// its own op only, not of the batch.
+fn decode_chunked(
+    glow: &Glow,
+    zs: &[Vec<Tensor>],
+    max_batch: usize,
+) -> Result<Vec<Result<Pixels, DeviceError>>, DeviceError> {
     let mut out = Vec::with_capacity(zs.len());
     for chunk in zs.chunks(max_batch.max(1)) {
         // A lone latent is decoded twice over, for the reason `encode_chunked` pads.
@@ -468,7 +488,16 @@ fn decode_chunked(glow: &Glow, zs: &[Vec<Tensor>], max_batch: usize) -> Result<V
         let levels: Vec<Tensor> = (0..glow.config.levels as usize)
             .map(|l| Tensor::cat(&rows.iter().map(|z| z[l].shallow_clone()).collect::<Vec<_>>(), 0))
             .collect();
-        out.extend(tensor_to_pixels(&glow.decode(&levels)?).into_iter().take(chunk.len()));
+        let (pixels, finite) = glow.decode_checked(&levels)?;
+        out.extend(tensor_to_pixels(&pixels).into_iter().zip(finite).take(chunk.len()).map(|(p, ok)| {
+            ok.then_some(p).ok_or_else(|| {
+                DeviceError::NonFinite(
+                    "decoding gave non-finite pixels: the edited latent is too far from the data for this model \
+                     (use smaller strengths)"
+                        .into(),
+                )
+            })
+        }));
     }
     Ok(out)
 }
@@ -524,7 +553,13 @@ fn augment(
                 .then(|| Tensor::cat(&shifted.iter().map(|v| v[l].shallow_clone()).collect::<Vec<_>>(), 0))
         })
         .collect();
-    let pixels = model.glow.decode_partial(&given, temperatures, seed)?;
+    let (pixels, finite) = model.glow.decode_partial_checked(&given, temperatures, seed)?;
+    if let Some(v) = finite.iter().position(|ok| !ok) {
+        return Err(DeviceError::NonFinite(format!(
+            "variant {v} decoded to non-finite pixels: its attribute mix is too far from the data for this model \
+             (narrow the strength ranges)"
+        )));
+    }
     Ok(tensor_to_pixels(&pixels))
 }
 

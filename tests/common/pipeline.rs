@@ -67,3 +67,10 @@ pub fn grey_png() -> Vec<u8> {
         .unwrap();
     out.into_inner()
 }
+
+/// A valid 32x32 GIF (a format the pipeline recognises but does not accept by default).
+pub fn gif_bytes() -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(image::RgbImage::new(32, 32)).write_to(&mut out, image::ImageFormat::Gif).unwrap();
+    out.into_inner()
+}
