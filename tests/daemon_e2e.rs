@@ -141,8 +141,8 @@ impl Daemon {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_glowd"))
             .args(["serve", "--config", config.to_str().unwrap()])
-            .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("GLOWD_LOG", "info")
+            .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("AWS_ACCESS_KEY_ID", &env["AWS_ACCESS_KEY_ID"])
             .env("AWS_SECRET_ACCESS_KEY", &env["AWS_SECRET_ACCESS_KEY"])
             .env("AWS_EC2_METADATA_DISABLED", "true")
@@ -997,6 +997,54 @@ fn the_three_pipelines_end_to_end_over_real_faces() {
     let (st, out, _) = glowd(&["validate", bad.to_str().unwrap()], &base_env("bad", 1));
     assert_eq!(st.code(), Some(1));
     assert!(out.contains("max_bach"), "{out}");
+}
+
+/// RELIABILITY.md G16: credentials never reach a log line or an error message, at any level. The daemon runs at
+/// `trace` (every crate's logs, the AWS SDK's included) with librdkafka's `debug=all`, a canary SASL password in its Kafka
+/// properties and the dev stack's S3 secret in its environment, through good jobs and failing ones.
+#[test]
+fn credentials_never_appear_in_logs_at_trace_level() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let n = names("secrets");
+    let model = common::pipeline::model_with_directions(tmp.path());
+    let rt = runtime();
+    let client = rt.block_on(s3());
+    rt.block_on(create_topics(&n));
+    let (ids, mut jobs) = mixed_jobs(&client, &rt, &n, 6);
+    jobs.push(job("gone", "encode", json!({"input": format!("s3://{}/{}/nope.png", bucket(), n.inputs)})));
+    let port = free_port();
+    let cfg = config(tmp.path(), &n, &model, port);
+    let canary = "canary-sasl-pw-5b1e";
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "pause_grace_ms = 200\n",
+        &format!(
+            "pause_grace_ms = 200\n[kafka.properties]\n\"sasl.username\" = \"glowd\"\n\"sasl.password\" = \"{canary}\"\n\
+             \"debug\" = \"all\"\n"
+        ),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let log = tmp.path().join("daemon.log");
+    let daemon = Daemon::start_with(&cfg, &[("GLOWD_LOG".into(), "trace".into())], &log, port);
+    rt.block_on(produce(&n.jobs, &jobs));
+    let seen = done_results(&n.results, &ids, Duration::from_secs(120));
+    let dlq = consume(&n.dlq, 1, Duration::from_secs(30), Duration::ZERO);
+    let exit = daemon.stop();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(exit.success());
+    assert_eq!(seen.len(), ids.len());
+    assert_eq!(dlq.len(), 1);
+    assert!(text.len() > 10_000 && text.contains("TRACE"), "trace logging was not on ({} bytes)", text.len());
+    let secret = &stack()["AWS_SECRET_ACCESS_KEY"];
+    for (name, value) in [("the SASL password", canary), ("the S3 secret key", secret.as_str())] {
+        if let Some(at) = text.find(value) {
+            panic!("{name} appears in the log: …{}…", &text[at.saturating_sub(200)..at]);
+        }
+    }
+    for r in &dlq {
+        let all = format!("{:?} {}", r.headers, String::from_utf8_lossy(&r.payload));
+        assert!(!all.contains(canary) && !all.contains(secret.as_str()));
+    }
 }
 
 /// What a chaos run counted.
