@@ -554,13 +554,38 @@ fn augment(
         })
         .collect();
     let (pixels, finite) = model.glow.decode_partial_checked(&given, temperatures, seed)?;
-    if let Some(v) = finite.iter().position(|ok| !ok) {
-        return Err(DeviceError::NonFinite(format!(
-            "variant {v} decoded to non-finite pixels: its attribute mix is too far from the data for this model \
-             (narrow the strength ranges)"
-        )));
+    let mut images = tensor_to_pixels(&pixels);
+    // A variant whose redrawn fine levels, added to its shifted coarse ones, overflow the inverse flow: redraw
+    // that variant's noise from seeds derived from the job's (deterministic, so a redone job writes the same
+    // bytes), a few times, before giving the job up as non-finite.
+    for (v, ok) in finite.iter().enumerate() {
+        if *ok {
+            continue;
+        }
+        let one: Vec<Option<Tensor>> = given.iter().map(|g| g.as_ref().map(|t| t.narrow(0, v as i64, 1))).collect();
+        let mut redrawn = None;
+        for attempt in 1..=AUGMENT_REDRAWS {
+            let (p, f) = model.glow.decode_partial_checked(&one, temperatures, redraw_seed(seed, v, attempt))?;
+            if f[0] {
+                redrawn = tensor_to_pixels(&p).pop();
+                break;
+            }
+        }
+        images[v] = redrawn.ok_or_else(|| {
+            DeviceError::NonFinite(format!(
+                "variant {v} decoded to non-finite pixels ({AUGMENT_REDRAWS} redraws too): its attribute mix is too \
+                 far from the data for this model (narrow the strength ranges)"
+            ))
+        })?;
     }
-    Ok(tensor_to_pixels(&pixels))
+    Ok(images)
+}
+
+/// Redraws of an augment variant's noise when it decodes to non-finite pixels.
+const AUGMENT_REDRAWS: u64 = 4;
+
+fn redraw_seed(seed: u64, variant: usize, attempt: u64) -> u64 {
+    seed.wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(attempt)).rotate_left(variant as u32 + 1)
 }
 
 fn latent_data(z: &[Tensor]) -> LatentData {
