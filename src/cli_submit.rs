@@ -387,7 +387,8 @@ pub fn dataset(args: DatasetArgs) -> Result<usize> {
     let mut model: Option<(String, String)> = None;
     for key in &manifests {
         let m: Value = serde_json::from_slice(&rt.block_on(get(&s3, &bucket, key))?).with_context(|| key.clone())?;
-        if m["job"]["kind"] != "encode" {
+        // The listing is by key prefix `<run>-`, which another run's ids may share (`nightly` vs `nightly-2`).
+        if m["job"]["kind"] != "encode" || m["job"]["run"].as_str() != Some(args.run.as_str()) {
             continue;
         }
         let this = (m["model"]["name"].as_str().unwrap_or_default().to_string(), m["model"]["version"].as_str().unwrap_or_default().to_string());
@@ -432,6 +433,7 @@ pub fn dataset(args: DatasetArgs) -> Result<usize> {
             }
         }
     }
+    let images = rows.len();
     let files = crate::dataset::build(&args.run, (&name, &version), rows, &directions, file.dataset.rows_per_shard)
         .map_err(|e| anyhow!(e))?;
     let dir = under(&root, &format!("datasets/{}", args.run));
@@ -442,7 +444,7 @@ pub fn dataset(args: DatasetArgs) -> Result<usize> {
         }
         Ok::<_, anyhow::Error>(())
     })?;
-    eprintln!("dataset of run {}: {} images in {} shard(s) under s3://{bucket}/{dir}/", args.run, manifests.len(), files.len() - 1);
+    eprintln!("dataset of run {}: {images} images in {} shard(s) under s3://{bucket}/{dir}/", args.run, files.len() - 1);
     println!("s3://{bucket}/{dir}/dataset.json");
     Ok(0)
 }
