@@ -35,10 +35,9 @@ pub fn validate(args: ValidateArgs) -> Result<usize> {
     let mut problems = Vec::new();
     let mut attributes: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     for m in &file.models {
-        match crate::model::Glow::read_config(&m.path).and_then(|c| {
-            crate::model::Glow::load(&m.path, tch::Device::Cpu)?;
-            crate::model::directions::Directions::load(&m.path, &c)
-        }) {
+        match crate::model::Glow::load(&m.path, tch::Device::Cpu)
+            .and_then(|glow| crate::model::directions::Directions::load(&m.path, &glow.config))
+        {
             Ok(d) => {
                 let names = d.map(|d| d.vectors.keys().cloned().collect()).unwrap_or_default();
                 attributes.insert((m.name.clone(), m.version.clone()), names);
@@ -153,15 +152,8 @@ async fn list(s3: &S3Store, bucket: &str, prefix: &str) -> Result<Vec<String>> {
 }
 
 async fn get(s3: &S3Store, bucket: &str, key: &str) -> Result<Vec<u8>> {
-    let r = s3
-        .client()
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| anyhow!("s3://{bucket}/{key}: {}", aws_sdk_s3::error::DisplayErrorContext(e)))?;
-    Ok(r.body.collect().await.context("reading the body")?.into_bytes().to_vec())
+    use crate::pipeline::store::ObjectStore;
+    s3.get(bucket, key, u64::MAX).await.map_err(|e| anyhow!("s3://{bucket}/{key}: {e}"))
 }
 
 async fn put(s3: &S3Store, bucket: &str, key: &str, body: Vec<u8>, content_type: &str) -> Result<()> {
@@ -233,7 +225,7 @@ pub fn submit(args: SubmitArgs) -> Result<usize> {
     let t0 = Instant::now();
     rt.block_on(async {
         let mut pending = Vec::new();
-        for (i, job) in jobs.iter().enumerate() {
+        for job in &jobs {
             let id = job["id"].as_str().expect("id").to_string();
             if args.resume {
                 let manifest = under(&root, &format!("{id}/{}", crate::job::MANIFEST_NAME));
@@ -252,19 +244,11 @@ pub fn submit(args: SubmitArgs) -> Result<usize> {
             pending.push((id, delivery));
             sent += 1;
             // Await deliveries in groups: bounded memory, one round trip per group.
-            if pending.len() >= 500 || i + 1 == jobs.len() {
-                for (id, d) in pending.drain(..) {
-                    d.await
-                        .map_err(|_| anyhow!("enqueueing {id}: producer dropped"))?
-                        .map_err(|(e, _)| anyhow!("enqueueing {id}: {e}"))?;
-                    bar.inc(1);
-                }
+            if pending.len() >= 500 {
+                await_deliveries(&mut pending, &bar).await?;
             }
         }
-        for (id, d) in pending.drain(..) {
-            d.await.map_err(|_| anyhow!("enqueueing {id}: producer dropped"))?.map_err(|(e, _)| anyhow!("enqueueing {id}: {e}"))?;
-            bar.inc(1);
-        }
+        await_deliveries(&mut pending, &bar).await?;
         // The run record: what was submitted, for `glowd status`. Overwritten by a resubmission of the run.
         let record = json!({
             "version": 1, "run": run, "prefix": prefix, "job": template,
@@ -281,6 +265,18 @@ pub fn submit(args: SubmitArgs) -> Result<usize> {
     );
     println!("{run}");
     Ok(0)
+}
+
+type Delivery = rdkafka::producer::DeliveryFuture;
+
+async fn await_deliveries(pending: &mut Vec<(String, Delivery)>, bar: &indicatif::ProgressBar) -> Result<()> {
+    for (id, d) in pending.drain(..) {
+        d.await
+            .map_err(|_| anyhow!("enqueueing {id}: producer dropped"))?
+            .map_err(|(e, _)| anyhow!("enqueueing {id}: {e}"))?;
+        bar.inc(1);
+    }
+    Ok(())
 }
 
 #[derive(Args)]

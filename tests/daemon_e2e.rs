@@ -56,6 +56,21 @@ struct Names {
     outputs: String,
 }
 
+impl Names {
+    /// A second consumer of the same jobs topic and inputs, with its own results topic, group and outputs
+    /// (`…-<tag>`, `…/<tag>`); the DLQ topic is shared.
+    fn variant(&self, tag: &str) -> Names {
+        Names {
+            jobs: self.jobs.clone(),
+            results: format!("{}-{tag}", self.results),
+            dlq: self.dlq.clone(),
+            group: format!("{}-{tag}", self.group),
+            inputs: self.inputs.clone(),
+            outputs: format!("{}/{tag}", self.outputs),
+        }
+    }
+}
+
 fn names(test: &str) -> Names {
     let tag = format!(
         "{test}-{}-{}",
@@ -647,6 +662,29 @@ fn wait_committed(n: &Names, total: i64, timeout: Duration) -> i64 {
     }
 }
 
+/// What the crash, rebalance and outage tests start from: their own topics, a model with directions, and
+/// `count` mixed jobs (not yet produced) over two uploaded images.
+struct Workload {
+    tmp: tempfile::TempDir,
+    n: Names,
+    model: PathBuf,
+    rt: tokio::runtime::Runtime,
+    client: aws_sdk_s3::Client,
+    ids: Vec<String>,
+    jobs: Vec<String>,
+}
+
+fn workload(test: &str, model: &[&str], count: usize) -> Workload {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = names(test);
+    let model = common::pipeline::model_with_directions_of(tmp.path(), model);
+    let rt = runtime();
+    let client = rt.block_on(s3());
+    rt.block_on(create_topics(&n));
+    let (ids, jobs) = mixed_jobs(&client, &rt, &n, count);
+    Workload { tmp, n, model, rt, client, ids, jobs }
+}
+
 /// The jobs of the crash and rebalance tests: seeded samples, encodes and edits of two uploaded images.
 fn mixed_jobs(client: &aws_sdk_s3::Client, rt: &tokio::runtime::Runtime, n: &Names, count: usize) -> (Vec<String>, Vec<String>) {
     rt.block_on(async {
@@ -677,25 +715,12 @@ fn mixed_jobs(client: &aws_sdk_s3::Client, rt: &tokio::runtime::Runtime, n: &Nam
 #[test]
 fn sigkill_during_a_batch_then_restart_writes_every_output_identical_to_a_clean_run() {
     let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let n = names("sigkill");
-    let model = common::pipeline::model_with_directions_of(tmp.path(), &HEAVY);
-    let rt = runtime();
-    let client = rt.block_on(s3());
-    rt.block_on(create_topics(&n));
-    let (ids, jobs) = mixed_jobs(&client, &rt, &n, 90);
+    let Workload { tmp, n, model, rt, client, ids, jobs } = workload("sigkill", &HEAVY, 90);
     rt.block_on(produce(&n.jobs, &jobs));
 
     // The clean reference: one daemon, start to finish.
     let port = free_port();
-    let reference = Names {
-        jobs: n.jobs.clone(),
-        results: format!("{}-ref", n.results),
-        dlq: n.dlq.clone(),
-        group: format!("{}-ref", n.group),
-        inputs: n.inputs.clone(),
-        outputs: format!("{}/ref", n.outputs),
-    };
+    let reference = n.variant("ref");
     rt.block_on(create_topic(&reference.results, 1));
     let dir = tmp.path().join("ref");
     std::fs::create_dir_all(&dir).unwrap();
@@ -706,12 +731,7 @@ fn sigkill_during_a_batch_then_restart_writes_every_output_identical_to_a_clean_
     assert_eq!(seen.len(), ids.len(), "{log}");
 
     // The same jobs in another group: SIGKILL once results flow (batches in flight), restart, run to the end.
-    let crashed = Names {
-        results: format!("{}-kill", n.results),
-        group: format!("{}-kill", n.group),
-        outputs: format!("{}/kill", n.outputs),
-        ..reference
-    };
+    let crashed = n.variant("kill");
     rt.block_on(create_topic(&crashed.results, 1));
     let dir = tmp.path().join("kill");
     std::fs::create_dir_all(&dir).unwrap();
@@ -755,13 +775,7 @@ fn sigkill_during_a_batch_then_restart_writes_every_output_identical_to_a_clean_
 #[test]
 fn two_daemons_in_one_group_rebalance_mid_run_without_losing_a_job() {
     let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let n = names("rebalance");
-    let model = common::pipeline::model_with_directions_of(tmp.path(), &HEAVY);
-    let rt = runtime();
-    let client = rt.block_on(s3());
-    rt.block_on(create_topics(&n));
-    let (ids, jobs) = mixed_jobs(&client, &rt, &n, 160);
+    let Workload { tmp, n, model, ids, jobs, .. } = workload("rebalance", &HEAVY, 160);
     let (port_a, port_b) = (free_port(), free_port());
     let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
     std::fs::create_dir_all(&dir_a).unwrap();
@@ -805,13 +819,7 @@ fn two_daemons_in_one_group_rebalance_mid_run_without_losing_a_job() {
 #[test]
 fn broker_down_mid_run_fails_readiness_then_loses_nothing() {
     let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let n = names("brokerdown");
-    let model = common::pipeline::model_with_directions_of(tmp.path(), &HEAVY);
-    let rt = runtime();
-    let client = rt.block_on(s3());
-    rt.block_on(create_topics(&n));
-    let (ids, jobs) = mixed_jobs(&client, &rt, &n, 150);
+    let Workload { tmp, n, model, rt, ids, jobs, .. } = workload("brokerdown", &HEAVY, 150);
     rt.block_on(produce(&n.jobs, &jobs));
     let port = free_port();
     let cfg = config(tmp.path(), &n, &model, port);
@@ -999,15 +1007,8 @@ fn the_three_pipelines_end_to_end_over_real_faces() {
             // The same run again: the same job ids, create-only writes: not one byte changes. Then --resume skips all.
             let (st, again, err) = glowd(&["submit", "--pipeline", file_arg, "--prefix", &prefix, "--run", &run], &envs);
             assert!(st.success() && again.trim() == run, "{err}");
-            let group = Names {
-                jobs: n.jobs.clone(),
-                results: n.results.clone(),
-                dlq: n.dlq.clone(),
-                group: format!("{}-{name}", n.group),
-                inputs: n.inputs.clone(),
-                outputs: n.outputs.clone(),
-            };
-            assert_eq!(wait_committed(&group, 400, Duration::from_secs(300)), 400, "the resubmitted jobs were not all done");
+            // The daemon's group is `<group>-<name>` (GLOWD__KAFKA__GROUP above), as in `variant`.
+            assert_eq!(wait_committed(&n.variant(name), 400, Duration::from_secs(300)), 400, "the resubmitted jobs were not all done");
             assert!(rt.block_on(objects(&client, &out_root)) == outputs, "resubmitting the run changed outputs");
             let (st, _, err) = glowd(&["submit", "--pipeline", file_arg, "--prefix", &prefix, "--run", &run, "--resume"], &envs);
             assert!(st.success() && err.contains(": 0 jobs enqueued") && err.contains("200 skipped"), "{err}");
@@ -1028,13 +1029,7 @@ fn the_three_pipelines_end_to_end_over_real_faces() {
 #[test]
 fn credentials_never_appear_in_logs_at_trace_level() {
     let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let n = names("secrets");
-    let model = common::pipeline::model_with_directions(tmp.path());
-    let rt = runtime();
-    let client = rt.block_on(s3());
-    rt.block_on(create_topics(&n));
-    let (ids, mut jobs) = mixed_jobs(&client, &rt, &n, 6);
+    let Workload { tmp, n, model, rt, ids, mut jobs, .. } = workload("secrets", &["steps=2"], 6);
     jobs.push(job("gone", "encode", json!({"input": format!("s3://{}/{}/nope.png", bucket(), n.inputs)})));
     let port = free_port();
     let cfg = config(tmp.path(), &n, &model, port);
@@ -1088,22 +1083,9 @@ struct ChaosReport {
 fn chaos(jobs: usize, kills: usize, s3_outage: Duration, daemons: usize, seed: u64) -> ChaosReport {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let tmp = tempfile::tempdir().unwrap();
-    let n = names("chaos");
-    let model = common::pipeline::model_with_directions_of(tmp.path(), &HEAVY);
-    let rt = runtime();
-    let client = rt.block_on(s3());
-    rt.block_on(create_topics(&n));
-    let (ids, payloads) = mixed_jobs(&client, &rt, &n, jobs);
+    let Workload { tmp, n, model, rt, client, ids, jobs: payloads } = workload("chaos", &HEAVY, jobs);
     rt.block_on(produce(&n.jobs, &payloads));
-    let variant = |tag: &str| Names {
-        jobs: n.jobs.clone(),
-        results: format!("{}-{tag}", n.results),
-        dlq: format!("{}-{tag}", n.dlq),
-        group: format!("{}-{tag}", n.group),
-        inputs: n.inputs.clone(),
-        outputs: format!("{}/{tag}", n.outputs),
-    };
+    let variant = |tag: &str| Names { dlq: format!("{}-{tag}", n.dlq), ..n.variant(tag) };
     let start = |v: &Names, i: usize| {
         let dir = tmp.path().join(format!("{}-{i}", v.group));
         std::fs::create_dir_all(&dir).unwrap();

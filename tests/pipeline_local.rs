@@ -164,7 +164,11 @@ struct Run {
 }
 
 fn run(root: &Path, name: &str, models: &Path, input: &Path, jobs_file: &Path, max_batch: usize) -> Run {
-    let out = root.join(name);
+    run_with(root.join(name), models, input, jobs_file, settings(max_batch))
+}
+
+/// An embedded run into `out` with these settings.
+fn run_with(out: PathBuf, models: &Path, input: &Path, jobs_file: &Path, settings: PipelineSettings) -> Run {
     let opts = EmbeddedOptions {
         model_dir: models.to_path_buf(),
         jobs: jobs_file.to_path_buf(),
@@ -172,7 +176,7 @@ fn run(root: &Path, name: &str, models: &Path, input: &Path, jobs_file: &Path, m
         output_dir: out.clone(),
         results: None,
         dead_letters: None,
-        settings: settings(max_batch),
+        settings,
     };
     let summary = run_embedded(&opts).expect("the run completes");
     Run { out, summary }
@@ -425,17 +429,7 @@ fn the_likelihood_gate_skips_or_flags_outliers() {
         let mut s = settings(2);
         s.gate.max_bits_per_dim = Some(max);
         s.gate.action = action;
-        let out = tmp.path().join(name);
-        let opts = EmbeddedOptions {
-            model_dir: models.clone(),
-            jobs: jobs_file.clone(),
-            input_dir: input.clone(),
-            output_dir: out.clone(),
-            results: None,
-            dead_letters: None,
-            settings: s,
-        };
-        let summary = run_embedded(&opts).unwrap();
+        let Run { out, summary } = run_with(tmp.path().join(name), &models, &input, &jobs_file, s);
         assert_eq!((summary.done, summary.dead_lettered), (2, 0));
         let results: BTreeMap<String, Value> =
             lines(&out.join("results.jsonl")).into_iter().map(|r| (r["job"].as_str().unwrap().to_string(), r)).collect();
@@ -478,17 +472,7 @@ fn an_edit_that_overflows_is_dead_lettered_not_written_black() {
     std::fs::write(&jobs_file, [job("too-far", "Wearing_Hat", 4.0), job("fine", "Smiling", 0.5)].join("\n")).unwrap();
     let mut s = settings(4);
     s.images.crop = Some([10, 25, 80, 95]);
-    let out = tmp.path().join("out");
-    let opts = EmbeddedOptions {
-        model_dir: root.join("models/celeba-32"),
-        jobs: jobs_file,
-        input_dir: input,
-        output_dir: out.clone(),
-        results: None,
-        dead_letters: None,
-        settings: s,
-    };
-    let summary = run_embedded(&opts).unwrap();
+    let Run { out, summary } = run_with(tmp.path().join("out"), &root.join("models/celeba-32"), &input, &jobs_file, s);
     assert_eq!((summary.done, summary.dead_lettered), (1, 1), "{summary:?}");
     let dead = lines(&out.join("dead-letters.jsonl"));
     assert_eq!(dead[0]["job"], "too-far");

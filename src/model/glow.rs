@@ -218,9 +218,7 @@ impl Glow {
 
     /// [`Glow::decode`], with which images came out finite.
     pub fn decode_checked(&self, z: &[Tensor]) -> Result<(Tensor, Vec<bool>)> {
-        let n = z.first().map(|t| t.size()[0]).unwrap_or(0);
-        let given: Vec<Option<Tensor>> = z.iter().map(|t| Some(t.shallow_clone())).collect();
-        let x = self.reverse_flow(&given, n, &vec![1.0; self.levels.len()], 0)?;
+        let x = self.reverse_all(z)?;
         Ok((self.output_to_pixels(&x), Self::finite_rows(&x)))
     }
 
@@ -373,22 +371,12 @@ impl Glow {
 
     /// Exact decode of every level's latent to u8 pixels.
     pub fn decode(&self, z: &[Tensor]) -> Result<Tensor> {
-        let n = z.first().map(|t| t.size()[0]).unwrap_or(0);
-        let given: Vec<Option<Tensor>> = z.iter().map(|t| Some(t.shallow_clone())).collect();
-        let x = self.reverse_flow(&given, n, &vec![1.0; self.levels.len()], 0)?;
-        Ok(self.output_to_pixels(&x))
+        Ok(self.output_to_pixels(&self.reverse_all(z)?))
     }
 
     /// Decode with some levels given and the others drawn at the given per-level temperatures.
     pub fn decode_partial(&self, z: &[Option<Tensor>], temperatures: &[f64], seed: u64) -> Result<Tensor> {
-        let n = z
-            .iter()
-            .flatten()
-            .next()
-            .map(|t| t.size()[0])
-            .ok_or_else(|| ModelError::Input("decode_partial needs at least one given level".into()))?;
-        let x = self.reverse_flow(z, n, temperatures, seed)?;
-        Ok(self.output_to_pixels(&x))
+        Ok(self.output_to_pixels(&self.reverse_partial(z, temperatures, seed)?))
     }
 
     /// [`Glow::decode_partial`], with which images came out finite.
@@ -398,14 +386,26 @@ impl Glow {
         temperatures: &[f64],
         seed: u64,
     ) -> Result<(Tensor, Vec<bool>)> {
+        let x = self.reverse_partial(z, temperatures, seed)?;
+        Ok((self.output_to_pixels(&x), Self::finite_rows(&x)))
+    }
+
+    /// The float output of decoding every level's latent.
+    fn reverse_all(&self, z: &[Tensor]) -> Result<Tensor> {
+        let n = z.first().map(|t| t.size()[0]).unwrap_or(0);
+        let given: Vec<Option<Tensor>> = z.iter().map(|t| Some(t.shallow_clone())).collect();
+        self.reverse_flow(&given, n, &vec![1.0; self.levels.len()], 0)
+    }
+
+    /// The float output of decoding the given levels, the others drawn.
+    fn reverse_partial(&self, z: &[Option<Tensor>], temperatures: &[f64], seed: u64) -> Result<Tensor> {
         let n = z
             .iter()
             .flatten()
             .next()
             .map(|t| t.size()[0])
             .ok_or_else(|| ModelError::Input("decode_partial needs at least one given level".into()))?;
-        let x = self.reverse_flow(z, n, temperatures, seed)?;
-        Ok((self.output_to_pixels(&x), Self::finite_rows(&x)))
+        self.reverse_flow(z, n, temperatures, seed)
     }
 
     /// `n` samples with a temperature per level (finest first).
