@@ -1,5 +1,8 @@
 //! Importing rosinality/glow-pytorch checkpoints: glowd must reproduce the port's latents, log-likelihood, decodes
-//! and samples on the fixtures in tests/fixtures/rosinality (made by running the port's code outside this repo).
+//! and samples on the fixtures in tests/fixtures/rosinality. The port_* fixtures were made by running the port's own,
+//! unmodified model.py (coupling width 512) outside this repo; random_affine, random_additive and trained_affine by a
+//! reimplementation with the coupling width cut to 32/48 (they still cover additive couplings and the no-LU form).
+//! See tests/fixtures/rosinality/README.md.
 mod common;
 use common::max_abs_diff;
 use glowd::model::glow::unsqueeze;
@@ -9,14 +12,18 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-// Tolerances, float32 throughout (measured maxima over the three fixtures, the derived no-LU model, both glowd
-// forms and the CLI-written folder, on 2 CPU threads):
-/// Latents of every level: max |glowd − port| (|z| up to ~12); measured 9.1e-6.
+// Tolerances, float32 throughout (measured maxima over the five fixtures, the derived no-LU model, both glowd
+// forms and the CLI-written folders, on 2 CPU threads):
+/// Latents of every level: max |glowd − port| (|z| up to ~12); measured 9.1e-6 (reduced-width fixtures),
+/// 2.8e-6 (port_* fixtures).
 const Z_ABS_TOL: f64 = 1e-4;
 /// log p_Z, log|det|, log p(x) and bits/dim per image, relative to max(|value|, 1); measured 1.1e-6 (no-LU),
-/// ≤ 5.3e-7 on the fixtures themselves (whose README notes ~1e-7 from the thread count alone).
+/// ≤ 5.3e-7 on the reduced-width fixtures (whose README notes ~1e-7 from the thread count alone), 2.1e-6 for
+/// log p(x) of port_random_affine (log p_Z ≈ −210..−264 and log|det| ≈ +279 cancel to ≈ 15..69; each alone
+/// ≤ 1.2e-7).
 const LOG_REL_TOL: f64 = 5e-6;
-/// Decoded float images (in [−0.5, 0.5)) and samples of the finite fixtures: max |glowd − port|; measured 5.1e-6.
+/// Decoded float images (in [−0.5, 0.5)) and samples of the finite fixtures: max |glowd − port|; measured 5.1e-6
+/// (reduced-width), 4.6e-7 (port_*).
 const IMAGE_ABS_TOL: f64 = 2e-5;
 /// Samples of random_affine, which overflow (see `check_fixture`): (bound on |x|, relative tolerance) on the
 /// finite values; measured 1.2e-3 and 2.8e-2.
@@ -246,6 +253,55 @@ fn random_additive_matches_the_port() {
 #[test]
 fn trained_affine_matches_the_port() {
     check_fixture("trained_affine");
+}
+
+// The fixtures below come from the port's own, unmodified model.py (default coupling width 512), run from a scratch
+// folder by tests/fixtures/rosinality/make_port_fixtures.py; the three above from a reduced-width reimplementation.
+
+#[test]
+fn port_random_affine_matches_the_port() {
+    check_fixture("port_random_affine");
+}
+
+#[test]
+fn port_trained_affine_matches_the_port() {
+    check_fixture("port_trained_affine");
+}
+
+/// `glowd import --format rosinality` on the unmodified port's checkpoints: the written folder loads with the port's
+/// width (512, read from the checkpoint), reproduces every level's latents and log p(x), and decodes the port's
+/// latents to its reconstruction and exactly its pixels.
+#[test]
+fn the_cli_imports_the_unmodified_ports_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["port_random_affine", "port_trained_affine"] {
+        let f = fixture(name);
+        let out_dir = tmp.path().join(name);
+        let o = &f.options;
+        let mut args: Vec<String> = ["import", "--format", "rosinality"].iter().map(|s| s.to_string()).collect();
+        args.push(f.pt().to_str().unwrap().into());
+        for (flag, v) in [("--n-flow", o.n_flow), ("--n-block", o.n_block), ("--image-size", o.image_size)] {
+            args.extend([flag.to_string(), v.to_string()]);
+        }
+        args.extend(["--n-bits".to_string(), o.n_bits.to_string(), "--affine".to_string()]);
+        args.extend(["--out".to_string(), out_dir.to_str().unwrap().to_string()]);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_glowd"))
+            .args(&args)
+            .env("GLOWD_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let glow = Glow::load(&out_dir, Device::Cpu).unwrap();
+        assert_eq!(glow.config, f.options.config(f.json["filter_size"].as_i64().unwrap()), "{name}");
+        assert_eq!(glow.config.hidden, 512, "{name}: the port's hard-coded coupling width");
+        assert_within(&f, "CLI folder", &encode_errors(&f, &glow.encode_input(f.t("input"))));
+        let z: Vec<Option<Tensor>> = f.port_z().into_iter().map(Some).collect();
+        let x = glow.reverse_flow(&z, 4, &vec![1.0; z.len()], 0).unwrap();
+        let d = max_abs_diff(&x, f.t("reverse"));
+        eprintln!("{name} [CLI folder]: decode max |glowd − port reverse| {d:e}");
+        assert!(d <= IMAGE_ABS_TOL, "{name} [CLI folder]: decoded image differs from the port's by {d:e}");
+        assert!(glow.decode(&f.port_z()).unwrap().equal(&f.glowd_pixels()), "{name}: CLI folder decode");
+    }
 }
 
 #[test]
