@@ -121,11 +121,28 @@ enum Command {
         #[command(flatten)]
         runtime: Runtime,
     },
-    /// Bits per dimension of every image in a folder (and their mean)
+    /// Bits per dimension of every image (one JSON line each) and their mean (the last line); `--split validation`
+    /// scores exactly the images `glowd train` held out from the same data
     Eval {
         #[arg(long)]
         model: PathBuf,
-        folder: PathBuf,
+        /// An image, a folder of images, a CelebA folder, an IDX file or a .npy array (as `glowd train --data`;
+        /// arrays are named `<path as given>#<index>`, so give the path as training did for the same split)
+        data: PathBuf,
+        #[arg(long, value_enum, default_value = "auto")]
+        format: crate::data::Format,
+        /// Which images: the held-out validation set, the training set, or all (the fixed rule of `glowd train`)
+        #[arg(long, value_enum, default_value = "all")]
+        split: crate::data::Split,
+        /// The --val-fraction the model was trained with (glowd train's default is 0.05)
+        #[arg(long, default_value_t = 0.05)]
+        val_fraction: f64,
+        /// Read at most this many images before splitting (as `glowd train --max-images`)
+        #[arg(long)]
+        max_images: Option<usize>,
+        /// Print only the summary line
+        #[arg(long)]
+        summary: bool,
         #[arg(long, default_value_t = 16)]
         batch: usize,
         #[command(flatten)]
@@ -143,7 +160,9 @@ enum Command {
     Resample(crate::cli_edit::ResampleArgs),
     /// Contact sheet: one row per image, one column per strength of one attribute
     Sheet(crate::cli_edit::SheetArgs),
-    /// Train a model by maximum likelihood (see the README's Training section)
+    /// Train a model by maximum likelihood (see the README's Training section); a flag given twice takes its
+    /// last value (so scripts can pass "$@" after their defaults), except repeatable ones like --set
+    #[command(args_override_self = true)]
     Train(TrainArgs),
     /// Tile images into one picture (rows of --cols), e.g. originals above their reconstructions
     Grid {
@@ -300,11 +319,9 @@ fn train(args: TrainArgs) -> Result<usize> {
     use std::sync::Arc;
     let device = setup(&args.runtime)?;
     let config = crate::train::config_for(args.model.as_deref(), &args.preset, &args.set)?;
-    let target = crate::data::Target {
-        channels: config.channels as u8,
-        size: config.image_size as u32,
-        fit: Fit { crop: args.fit.crop, resize: true },
-    };
+    // Without --resize (or a --crop box, which implies it) images of another size are reported and skipped.
+    let target =
+        crate::data::Target { channels: config.channels as u8, size: config.image_size as u32, fit: args.fit.fit() };
     let dataset = crate::data::load(&args.data, args.format, target, args.max_images.unwrap_or(usize::MAX))?;
     if let Some(report) = dataset.skipped_report() {
         tracing::warn!("{report}");
@@ -344,6 +361,7 @@ fn train(args: TrainArgs) -> Result<usize> {
     };
     let mut trainer = crate::train::Trainer::new(glow, &train_set, &val_set, opts, &args.out, args.resume)?;
     trainer.data_name = args.data.display().to_string();
+    trainer.val_fraction = Some(args.val_fraction);
     trainer.quiet = args.quiet;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -551,24 +569,43 @@ fn run(cli: Cli) -> Result<usize> {
             eprintln!("wrote {} ({n} samples, temperatures {temps:?}, seed {seed})", out.display());
             Ok(0)
         }
-        Command::Eval { model, folder, batch, fit, runtime } => {
+        Command::Eval { model, data, format, split, val_fraction, max_images, summary, batch, fit, runtime } => {
             let device = setup(&runtime)?;
             let glow = Glow::load(&model, device)?;
-            let files = if folder.is_dir() { imageio::list_images(&folder) } else { vec![folder.clone()] };
-            let (loaded, failed) = load_images(&files, &glow.config, fit.fit(), usize::MAX);
+            let (channels, size) = (glow.config.channels as u8, glow.config.image_size as u32);
+            let target = crate::data::Target { channels, size, fit: fit.fit() };
+            let dataset = crate::data::load(&data, format, target, max_images.unwrap_or(usize::MAX))?;
+            let failed = dataset.skipped.len();
+            for reason in &dataset.skipped {
+                eprintln!("{reason}");
+            }
+            let dataset = dataset.select(split, val_fraction);
+            // Files by their path (names are relative to a folder); array entries by `<file>#<index>`.
+            let file = |name: &str| match name {
+                "" => data.display().to_string(),
+                n if data.is_dir() => data.join(n).display().to_string(),
+                n => n.to_string(),
+            };
             let mut all = Vec::new();
-            for chunk in loaded.chunks(batch.max(1)) {
-                let pixels: Vec<Pixels> = chunk.iter().map(|(_, p)| p.clone()).collect();
-                let bpd = glow.encode(&pixels_to_tensor(&pixels))?.bits_per_dim(&glow.config);
-                for ((path, _), b) in chunk.iter().zip(bpd) {
-                    println!("{}", serde_json::json!({"file": path.display().to_string(), "bits_per_dim": b}));
+            for (names, images) in dataset.names.chunks(batch.max(1)).zip(dataset.images.chunks(batch.max(1))) {
+                let bpd = glow.encode(&pixels_to_tensor(images))?.bits_per_dim(&glow.config);
+                for (name, b) in names.iter().zip(bpd) {
+                    if !summary {
+                        println!("{}", serde_json::json!({"file": file(name), "bits_per_dim": b}));
+                    }
                     all.push(b);
                 }
             }
-            if !all.is_empty() {
-                let mean = all.iter().sum::<f64>() / all.len() as f64;
-                println!("{}", serde_json::json!({"images": all.len(), "mean_bits_per_dim": mean}));
+            let split_name = format!("{split:?}").to_lowercase();
+            if all.is_empty() {
+                bail!("{}: no images in the {split_name} split (--val-fraction {val_fraction})", data.display());
             }
+            let mean = all.iter().sum::<f64>() / all.len() as f64;
+            println!(
+                "{}",
+                serde_json::json!({"images": all.len(), "mean_bits_per_dim": mean, "split": split_name,
+                    "val_fraction": val_fraction, "skipped": failed})
+            );
             Ok(failed)
         }
         Command::Train(args) => train(args),

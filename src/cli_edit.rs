@@ -175,14 +175,49 @@ pub fn edit(args: EditArgs) -> Result<usize> {
         let latents = glow.encode(&pixels_to_tensor(&pixels))?;
         let edited = glow.decode(&directions::shift(&latents.z, &edits))?;
         for ((path, _), img) in chunk.iter().zip(tensor_to_pixels(&edited)) {
-            let name = path.file_name().map(|n| Path::new(n).with_extension("png")).unwrap_or("out.png".into());
-            if let Err(e) = imageio::save_png(&imageio::pixels_to_image(&img), &args.out.join(name)) {
+            let (target, format) = edit_output(path, &args.out);
+            if let Err(e) = save_as(&imageio::pixels_to_image(&img), &target, format) {
                 eprintln!("{e}");
                 failed += 1;
             }
         }
     }
     Ok(failed)
+}
+
+/// Where `glowd edit` writes the edit of `input`: under `out` with the input's file name, in the input's format
+/// when this build can write it (png, jpg/jpeg, webp, gif), otherwise as `<stem>.png` with a note.
+pub fn edit_output(input: &Path, out: &Path) -> (PathBuf, image::ImageFormat) {
+    let name = input.file_name().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("out.png"));
+    match image::ImageFormat::from_path(&name) {
+        Ok(format) if format.writing_enabled() => (out.join(name), format),
+        _ => {
+            let png = name.with_extension("png");
+            eprintln!("note: {}: cannot write this format, writing {} instead", input.display(), png.display());
+            (out.join(png), image::ImageFormat::Png)
+        }
+    }
+}
+
+/// Writes `img` in `format`; JPEG at quality 95 (edits of JPEG inputs stay JPEG, so they are lossy: only PNG and
+/// WebP outputs of a strength-0 edit are the input bit for bit).
+fn save_as(img: &image::DynamicImage, path: &Path, format: image::ImageFormat) -> Result<(), imageio::ImageError> {
+    use image::ImageFormat;
+    let write_err = |e: String| imageio::ImageError::Write { path: path.into(), message: e };
+    match format {
+        ImageFormat::Png => imageio::save_png(img, path),
+        ImageFormat::Jpeg => {
+            let file = std::fs::File::create(path).map_err(|e| write_err(e.to_string()))?;
+            let mut writer = std::io::BufWriter::new(file);
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut writer, 95)
+                .encode_image(img)
+                .map_err(|e| write_err(e.to_string()))
+        }
+        ImageFormat::Gif => image::DynamicImage::ImageRgba8(img.to_rgba8())
+            .save_with_format(path, format)
+            .map_err(|e| write_err(e.to_string())),
+        _ => img.save_with_format(path, format).map_err(|e| write_err(e.to_string())),
+    }
 }
 
 /// What every picture-writing command shares.

@@ -144,3 +144,191 @@ fn unknown_device_and_missing_model_are_clear_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/config.json"));
 }
+
+fn train_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "train", "--data", data, "--preset", "tiny", "--set", "levels=2", "--set", "steps=1", "--set", "hidden=8",
+        "--batch", "4", "--init-batch", "8", "--warmup", "1", "--val-fraction", "0.25", "--eval-every", "1",
+        "--sample-every", "1000", "--checkpoint-every", "1000", "--threads", "1", "--quiet", "--out", out,
+    ]
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn train_takes_the_last_value_of_a_flag_given_twice_and_keeps_every_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    write_images(&data, 8, 32);
+    let out = tmp.path().join("out");
+    // What scripts/face-model and scripts/train-mnist do: their defaults, then the user's "$@".
+    let mut args = train_args(s(&data), s(&out));
+    args.extend(["--steps", "500", "--lr", "1e-2", "--steps", "2", "--lr", "1e-3"]);
+    let o = glowd(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary = json(&out.join("model/training.json"));
+    assert_eq!(summary["steps"], 2);
+    assert_eq!(summary["options"]["lr"], 1e-3);
+    let config = json(&out.join("model/config.json"));
+    let get = |k: &str| config[k].as_i64();
+    assert_eq!((get("levels"), get("steps"), get("hidden")), (Some(2), Some(1), Some(8)));
+}
+
+#[test]
+fn train_skips_wrong_sized_images_unless_resize_is_given() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    write_images(&data, 8, 32);
+    let odd = data.join("odd");
+    std::fs::create_dir_all(&odd).unwrap();
+    write_images(&odd, 3, 40);
+    let count = |summary: &serde_json::Value| {
+        summary["train_images"].as_u64().unwrap() + summary["validation_images"].as_u64().unwrap()
+    };
+
+    let plain = tmp.path().join("plain");
+    let mut args = train_args(s(&data), s(&plain));
+    args.extend(["--steps", "1"]);
+    let o = glowd(&args);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("skipped 3 unusable input(s)"), "{stderr}");
+    assert!(stderr.contains("odd/img0.png") && stderr.contains("40x40"), "{stderr}");
+    assert_eq!(count(&json(&plain.join("model/training.json"))), 8);
+
+    let resized = tmp.path().join("resized");
+    let mut args = train_args(s(&data), s(&resized));
+    args.extend(["--steps", "1", "--resize"]);
+    let o = glowd(&args);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(!stderr.contains("skipped"), "{stderr}");
+    assert_eq!(count(&json(&resized.join("model/training.json"))), 11);
+}
+
+#[test]
+fn eval_split_scores_exactly_the_images_training_held_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    write_images(&data, 24, 32);
+    let out = tmp.path().join("out");
+    let mut args = train_args(s(&data), s(&out));
+    args.extend(["--steps", "2"]);
+    let o = glowd(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary = json(&out.join("model/training.json"));
+    assert_eq!(summary["validation_fraction"], 0.25);
+    let model = out.join("model");
+    let eval = |split: &str| -> serde_json::Value {
+        let o =
+            glowd(&["eval", "--model", s(&model), s(&data), "--split", split, "--val-fraction", "0.25", "--summary"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_str(String::from_utf8(o.stdout).unwrap().trim()).unwrap()
+    };
+    let (val, train, all) = (eval("validation"), eval("train"), eval("all"));
+    assert_eq!(val["images"], summary["validation_images"]);
+    assert_eq!(train["images"], summary["train_images"]);
+    assert_eq!(all["images"], 24);
+    assert!(val["images"].as_u64().unwrap() > 0 && train["images"].as_u64().unwrap() > 0);
+    let scored = val["mean_bits_per_dim"].as_f64().unwrap();
+    let reported = summary["final_validation_bits_per_dim"].as_f64().unwrap();
+    assert!((scored - reported).abs() < 1e-6, "eval --split validation {scored} vs training's {reported}");
+}
+
+fn face_model() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/celeba-32")
+}
+
+#[test]
+fn edit_keeps_each_input_file_name_and_format() {
+    let tmp = tempfile::tempdir().unwrap();
+    let png = write_images(tmp.path(), 2, 32);
+    let jpg = tmp.path().join("face.jpg");
+    image::open(&png[0]).unwrap().to_rgb8().save(&jpg).unwrap();
+    // PNG bytes under a name whose format glowd cannot write: read by content, written as .png with a note.
+    let odd = tmp.path().join("other.img");
+    std::fs::copy(&png[1], &odd).unwrap();
+    let out = tmp.path().join("out");
+    let model = face_model();
+    let args = ["edit", "--model", s(&model), "--attr", "Smiling=0.5", s(&jpg), s(&png[1]), s(&odd), "--out", s(&out)];
+    let o = glowd(&args);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let mut names: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["face.jpg", "img1.png", "other.png"]);
+    assert_eq!(image::ImageFormat::from_path(out.join("face.jpg")).unwrap(), image::ImageFormat::Jpeg);
+    let bytes = std::fs::read(out.join("face.jpg")).unwrap();
+    assert_eq!(&bytes[..3], &[0xFF, 0xD8, 0xFF], "face.jpg must be a JPEG");
+    assert_eq!(image::open(out.join("face.jpg")).unwrap().width(), 32);
+    assert!(stderr.contains("other.img") && stderr.contains("other.png"), "{stderr}");
+}
+
+#[test]
+fn edit_and_sheet_refuse_an_unknown_attribute_or_a_strength_out_of_bound_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = face_model();
+    // The image does not exist: an error about it would mean work started before the check.
+    let missing = tmp.path().join("missing.png");
+    let out = tmp.path().join("out");
+    let sheet = tmp.path().join("sheet.png");
+    let (m, img, o, sh) = (s(&model), s(&missing), s(&out), s(&sheet));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["edit", "--model", m, "--attr", "Smiling=1", "--attr", "Smile=1", img, "--out", o],
+            "unknown attribute `Smile`",
+        ),
+        (vec!["edit", "--model", m, "--attr", "Smiling=5", img, "--out", o], "`Smiling=5`: strength 5 is outside ±4"),
+        (vec!["edit", "--model", m, "--attr", "Smiling=2.5", "--max-strength", "2", img, "--out", o], "outside ±2"),
+        (vec!["sheet", "--model", m, "--attr", "Smile", img, "--out", sh], "unknown attribute `Smile`"),
+        (vec!["sheet", "--model", m, "--attr", "Smiling", "--strengths=-6,0,1", img, "--out", sh], "-6 is outside ±4"),
+    ];
+    for (args, expected) in cases {
+        let o = glowd(&args);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: expected `{expected}` in {stderr}");
+        assert!(!stderr.contains("missing.png"), "{args:?} read its images before refusing: {stderr}");
+        assert!(!out.exists() && !sheet.exists(), "{args:?} wrote outputs");
+    }
+}
+
+#[test]
+fn directions_refuse_attributes_with_too_few_positives_or_negatives_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    write_images(&data, 8, 32);
+    let model = tmp.path().join("model");
+    let o = glowd(&["model", "init", "--set", "steps=1", "--data", s(&data), "--out", s(&model)]);
+    assert!(o.status.success());
+    // Smiling: 4 and 4; Eyeglasses: 1 positive; Hat: 1 negative.
+    let mut csv = String::from("file,Smiling,Eyeglasses,Hat\n");
+    for i in 0..8 {
+        csv += &format!("img{i}.png,{},{},{}\n", i % 2, (i == 0) as u8, (i != 3) as u8);
+    }
+    let labels = tmp.path().join("labels.csv");
+    std::fs::write(&labels, csv).unwrap();
+    let (m, d, l) = (s(&model), s(&data), s(&labels));
+    let args = ["directions", "--model", m, "--images", d, "--labels", l, "--min-examples", "3"];
+    let o = glowd(&args);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("Eyeglasses (1 positive, 7 negative; need 3 of each)"), "{stderr}");
+    assert!(stderr.contains("Hat (7 positive, 1 negative; need 3 of each)"), "{stderr}");
+    assert!(!stderr.contains("Smiling"), "Smiling has enough examples: {stderr}");
+    assert!(!model.join("directions.safetensors").exists() && !model.join("directions.json").exists());
+    // The learnable attribute alone goes through.
+    let o = glowd(&[
+        "directions", "--model", s(&model), "--images", s(&data), "--labels", s(&labels), "--attributes", "Smiling",
+        "--min-examples", "3",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(model.join("directions.safetensors").exists());
+}

@@ -177,12 +177,15 @@ fn an_exported_model_decodes_its_own_encodings_exactly() {
 fn readers_load_npy_idx_and_celeba_layouts() {
     let dir = tempfile::tempdir().unwrap();
     let target = Target { channels: 1, size: 8, fit: Fit::default() };
-    // .npy of floats in [0, 1], (N, H, W)
+    // .npy of floats in [0, 1], (N, H, W), 10x10 for an 8x8 model: resized only when asked to.
     let npy = dir.path().join("faces.npy");
     (Tensor::rand([5, 10, 10], (Kind::Double, Device::Cpu))).write_npy(&npy).unwrap();
-    let ds = glowd::data::load(&npy, Format::Auto, target, usize::MAX).unwrap();
+    let resize = Target { fit: Fit { crop: None, resize: true }, ..target };
+    let ds = glowd::data::load(&npy, Format::Auto, resize, usize::MAX).unwrap();
     assert_eq!(ds.len(), 5);
     assert_eq!(ds.images[0].data.len(), 64);
+    let err = glowd::data::load(&npy, Format::Auto, target, usize::MAX).err().unwrap().to_string();
+    assert!(err.contains("skipped 5") && err.contains("faces.npy#0") && err.contains("10x10"), "{err}");
     // IDX, gzipped
     let mut idx = vec![0u8, 0, 8, 3, 0, 0, 0, 3, 0, 0, 0, 8, 0, 0, 0, 8];
     idx.extend((0..3 * 64).map(|i| i as u8));
@@ -204,4 +207,144 @@ fn readers_load_npy_idx_and_celeba_layouts() {
     assert!(ds.skipped_report().unwrap().contains("000002.png"));
     let attrs = glowd::data::attributes::read_celeba(&celeba.join("list_attr_celeba.txt")).unwrap();
     assert_eq!(attrs.values[0], vec![Some(true), Some(false)]);
+}
+
+#[test]
+fn the_folder_reader_skips_wrong_sizes_unless_asked_to_resize_and_crops_first() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..4 {
+        let img = image::RgbImage::from_pixel(8, 8, image::Rgb([i * 10, 0, 0]));
+        img.save(dir.path().join(format!("ok{i}.png"))).unwrap();
+    }
+    for i in 0..5 {
+        let img = image::RgbImage::from_pixel(12, 10, image::Rgb([0, i * 10, 0]));
+        img.save(dir.path().join(format!("big{i}.png"))).unwrap();
+    }
+    let target = Target { channels: 3, size: 8, fit: Fit::default() };
+    let ds = glowd::data::load(dir.path(), Format::Folder, target, usize::MAX).unwrap();
+    assert_eq!(ds.len(), 4);
+    let report = ds.skipped_report().unwrap();
+    assert!(report.starts_with("skipped 5 "), "{report}");
+    assert!(report.contains("big0.png") && report.contains("12x10"), "{report}");
+    let resize = Target { fit: Fit { crop: None, resize: true }, ..target };
+    let ds = glowd::data::load(dir.path(), Format::Folder, resize, usize::MAX).unwrap();
+    assert_eq!(ds.len(), 9);
+    assert!(ds.skipped_report().is_none());
+    // A crop box (the CelebA path) cuts first, then resizes: a 4x4 box of a 12x10 image becomes 8x8.
+    let crop = Target { fit: Fit { crop: Some((2, 2, 6, 6)), resize: true }, ..target };
+    let ds = glowd::data::load(dir.path(), Format::Folder, crop, usize::MAX).unwrap();
+    assert_eq!(ds.len(), 9);
+}
+
+#[test]
+fn sample_grids_follow_sample_every_not_eval_every() {
+    let train = synthetic(32, 16, 11);
+    let val = synthetic(8, 16, 12);
+    let dir = tempfile::tempdir().unwrap();
+    let opts =
+        TrainOptions { sample_every: 4, eval_every: 10, log_every: 10, checkpoint_every: 100, batch: 8, ..options(12) };
+    let glow = Glow::new(small(), Device::Cpu, 0).unwrap();
+    let mut t = Trainer::new(glow, &train, &val, opts, dir.path(), false).unwrap();
+    t.quiet = true;
+    t.run(&AtomicBool::new(false)).unwrap();
+    let mut written: Vec<String> = std::fs::read_dir(dir.path().join("samples"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    let expected: Vec<String> =
+        [4, 8, 12].iter().flat_map(|s| [format!("step{s:07}_t0.7.png"), format!("step{s:07}_t1.0.png")]).collect();
+    assert_eq!(written, expected);
+}
+
+/// Synthetic 16x16 images as files, for the command line.
+fn write_folder(dir: &std::path::Path, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (i, p) in synthetic(n, 16, 21).images.iter().enumerate() {
+        glowd::imageio::pixels_to_image(p).save(dir.join(format!("{i:03}.png"))).unwrap();
+    }
+}
+
+fn metrics(out: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `glowd train` in a child process, Ctrl-C (SIGINT) once its first checkpoint is on disk, then `--resume` to the
+/// end: the metrics log must be the uninterrupted run's, step for step.
+#[test]
+fn ctrl_c_then_resume_follows_the_uninterrupted_curve() {
+    use std::process::{Command, Stdio};
+    const STEPS: i64 = 400;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_folder(&data, 48);
+    let args = |out: &std::path::Path| -> Vec<String> {
+        [
+            "train", "--data", data.to_str().unwrap(), "--preset", "tiny", "--set", "levels=2", "--set",
+            "image_size=16", "--set", "steps=2", "--set", "hidden=16", "--steps", &STEPS.to_string(), "--batch", "8",
+            "--lr", "2e-3",
+            "--warmup", "5", "--ema", "0.9", "--init-batch", "32", "--hflip", "--seed", "5", "--log-every", "1",
+            "--eval-every", "25", "--sample-every", "1000", "--checkpoint-every", "5", "--val-fraction", "0.2",
+            "--threads", "1", "--quiet", "--out", out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let glowd = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_glowd"));
+        c.env("GLOWD_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::piped());
+        c
+    };
+
+    let straight = tmp.path().join("straight");
+    let out = glowd().args(args(&straight)).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let interrupted = tmp.path().join("interrupted");
+    let mut child = glowd().args(args(&interrupted)).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !interrupted.join("checkpoint/state.json").exists() {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint within 2 minutes");
+        assert!(child.try_wait().unwrap().is_none(), "glowd train exited before its first checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "Ctrl-C must end the run cleanly: {:?} {stderr}", out.status);
+    assert!(stderr.contains("stopping after this step"), "{stderr}");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(interrupted.join("checkpoint/state.json")).unwrap()).unwrap();
+    let stopped = state["step"].as_i64().unwrap();
+    assert!(stopped >= 5 && stopped < STEPS, "stopped at step {stopped} of {STEPS}");
+    assert!(interrupted.join("model/weights.safetensors").exists(), "Ctrl-C exports the model");
+    assert_eq!(metrics(&interrupted).last().unwrap()["step"], stopped, "one metrics line per step up to the stop");
+
+    let mut resume = args(&interrupted);
+    resume.push("--resume".into());
+    let out = glowd().args(&resume).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let (a, b) = (metrics(&straight), metrics(&interrupted));
+    assert_eq!(a.len(), STEPS as usize);
+    assert_eq!(a.len(), b.len(), "the resumed log must have every step once");
+    // Resume claims to be exact (same batches, noise, optimizer state and thread count): bit for bit.
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x["step"], y["step"]);
+        for key in ["train_bits_per_dim", "validation_bits_per_dim", "lr", "grad_norm"] {
+            assert_eq!(x[key].as_f64(), y[key].as_f64(), "step {}: {key}", x["step"]);
+        }
+    }
+    eprintln!("interrupted at step {stopped} of {STEPS}; the resumed curve is bit-identical");
+    let wa = Glow::load(&straight.join("model"), Device::Cpu).unwrap().named_tensors();
+    let wb = Glow::load(&interrupted.join("model"), Device::Cpu).unwrap().named_tensors();
+    for (name, t) in &wa {
+        assert!(max_abs_diff(t, &wb[name]) < 1e-5, "{name} differs after resume");
+    }
 }

@@ -1,5 +1,7 @@
 //! Training and evaluation data: a folder of images, the CelebA layout, MNIST-style IDX files and `.npy` arrays,
-//! all brought to the model's size and loaded into memory as u8 planes, with a stable train/validation split.
+//! loaded into memory as u8 planes of the model's size, with a stable train/validation split. Images of another
+//! size are resized only when the target's [`Fit`] asks for it (`--resize`, or a `--crop` box); otherwise they are
+//! reported and skipped like unreadable files.
 use crate::imageio::{self, Fit, Pixels};
 use image::DynamicImage;
 use std::path::{Path, PathBuf};
@@ -12,8 +14,8 @@ pub mod npy;
 pub enum DataError {
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
-    #[error("{0}: no usable images")]
-    Empty(PathBuf),
+    #[error("{path}: no usable images{}", report.as_deref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    Empty { path: PathBuf, report: Option<String> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -29,6 +31,17 @@ pub enum Format {
     Idx,
     /// A NumPy array: (N,H,W), (N,H,W,C) or (N,C,H,W); u8, or floats in [0,1]
     Npy,
+}
+
+/// Which part of a dataset the fixed split rule ([`Dataset::split`]) selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Split {
+    /// The held-out images (what training reports as validation bits/dim)
+    Validation,
+    /// The images training learns from
+    Train,
+    /// Every image
+    All,
 }
 
 /// What to bring every image to.
@@ -81,6 +94,18 @@ impl Dataset {
             }
         }
         (train, val)
+    }
+
+    /// The part of the dataset `split` names, by the same rule and fraction as training's [`Dataset::split`].
+    pub fn select(self, split: Split, fraction: f64) -> Dataset {
+        match split {
+            Split::All => self,
+            Split::Train => self.split(fraction).0,
+            Split::Validation => {
+                let skipped = self.skipped.clone();
+                Dataset { skipped, ..self.split(fraction).1 }
+            }
+        }
     }
 }
 
@@ -135,7 +160,7 @@ pub fn load(path: &Path, format: Format, target: Target, limit: usize) -> Result
         }
     }
     if ds.images.is_empty() {
-        return Err(DataError::Empty(path.into()));
+        return Err(DataError::Empty { path: path.into(), report: ds.skipped_report() });
     }
     Ok(ds)
 }
@@ -156,15 +181,15 @@ fn load_files(files: &[PathBuf], root: &Path, target: Target, limit: usize, ds: 
     }
 }
 
-/// Arrays carry their own channel count: grey arrays feed colour models as grey RGB and vice versa.
+/// Arrays carry their own channel count: grey arrays feed colour models as grey RGB and vice versa. Their size
+/// follows the same rule as files: resized only when `target.fit` says so, otherwise reported and skipped.
 fn push_image(img: DynamicImage, name: String, target: Target, ds: &mut Dataset) {
     let img = if target.channels == 3 {
         DynamicImage::ImageRgb8(img.to_rgb8())
     } else {
         DynamicImage::ImageLuma8(img.to_luma8())
     };
-    let fit = Fit { resize: true, ..target.fit };
-    match imageio::image_to_pixels(img, Path::new(&name), target.channels, target.size, fit) {
+    match imageio::image_to_pixels(img, Path::new(&name), target.channels, target.size, target.fit) {
         Ok(p) => {
             ds.names.push(name);
             ds.images.push(p);

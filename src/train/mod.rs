@@ -78,6 +78,10 @@ struct CheckpointState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainingSummary {
     pub data: String,
+    /// The held-out fraction of the fixed split (`--val-fraction`); `glowd eval --split validation
+    /// --val-fraction F` scores the same images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_fraction: Option<f64>,
     pub train_images: usize,
     pub validation_images: usize,
     pub steps: i64,
@@ -100,6 +104,8 @@ pub struct Trainer<'a> {
     pub opts: TrainOptions,
     pub out: PathBuf,
     pub data_name: String,
+    /// Recorded in the summary (the split itself happens before the trainer sees the data).
+    pub val_fraction: Option<f64>,
     pub quiet: bool,
     optimizer: Optimizer,
     ema: Option<BTreeMap<String, Tensor>>,
@@ -149,6 +155,7 @@ impl<'a> Trainer<'a> {
             opts,
             out: out.into(),
             data_name: String::new(),
+            val_fraction: None,
             quiet: false,
             optimizer,
             ema: None,
@@ -364,6 +371,7 @@ impl<'a> Trainer<'a> {
             bar.set_position(step as u64);
             bar.set_message(format!("loss {loss:.3} bits/dim | {ips:.1} img/s"));
             let eval_now = step % self.opts.eval_every == 0 || step == self.opts.steps;
+            let mut exported = None;
             if step % self.opts.log_every == 0 || eval_now {
                 let mean = window_loss / window_n as f64;
                 last_train = Some(mean);
@@ -378,9 +386,7 @@ impl<'a> Trainer<'a> {
                     val = self.validate(&model)?;
                     last_val = val.or(last_val);
                     record["validation_bits_per_dim"] = serde_json::json!(val);
-                    if step % self.opts.sample_every == 0 || step == self.opts.steps {
-                        self.write_samples(&model)?;
-                    }
+                    exported = Some(model);
                 }
                 self.history.push((step, mean, val));
                 writeln!(metrics, "{record}").map_err(|e| file_err(&metrics_path, e))?;
@@ -388,6 +394,14 @@ impl<'a> Trainer<'a> {
                     tracing::info!(target: "glowd::train", "{record}");
                 }
                 (window_loss, window_n, window_start) = (0.0, 0, Instant::now());
+            }
+            // Sample grids on their own schedule, whether or not this step also evaluates.
+            if step % self.opts.sample_every == 0 || step == self.opts.steps {
+                let model = match exported.take() {
+                    Some(m) => m,
+                    None => self.export_model()?,
+                };
+                self.write_samples(&model)?;
             }
             if step % self.opts.checkpoint_every == 0 {
                 self.checkpoint(self.elapsed_before + started.elapsed().as_secs_f64())?;
@@ -405,6 +419,7 @@ impl<'a> Trainer<'a> {
         let trained = (self.step - first_step) as f64 * self.opts.batch as f64;
         let summary = TrainingSummary {
             data: self.data_name.clone(),
+            validation_fraction: self.val_fraction,
             train_images: self.train.len(),
             validation_images: self.val.len(),
             steps: self.step,
