@@ -229,6 +229,13 @@ impl DeviceWorker {
         Ok(DeviceWorker { tx, device, models: Arc::new(infos), max_batch })
     }
 
+    /// A worker whose device is the other end of a channel: the batcher's tests play the device themselves.
+    #[cfg(test)]
+    pub(crate) fn fake(max_batch: usize) -> (DeviceWorker, mpsc::Receiver<Batch>) {
+        let (tx, rx) = mpsc::channel::<Batch>(1);
+        (DeviceWorker { tx, device: "fake".into(), models: Arc::new(Vec::new()), max_batch }, rx)
+    }
+
     /// Index of a model by name and version.
     pub fn model_index(&self, name: &str, version: &str) -> Option<usize> {
         self.models.iter().position(|m| m.name == name && m.version == version)
