@@ -7,6 +7,8 @@
 //! Each test uses its own topics, consumer group and key prefixes, so tests (and reruns) never see each other's
 //! records. They run one at a time (a lock): two daemons and the broker on two cores would only be slower.
 mod common;
+#[path = "common/fault_proxy.rs"]
+mod fault_proxy;
 use aws_sdk_s3::primitives::ByteStream;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -152,6 +154,17 @@ impl Daemon {
 
     /// With extra environment (`GLOWD__…` overrides, the dev stack's variables).
     fn start_with(config: &Path, envs: &[(String, String)], log: &Path, port: u16) -> Daemon {
+        let d = Daemon::spawn(config, envs, log);
+        let t0 = Instant::now();
+        while http_get(port, "/readyz").map(|(s, _)| s) != Some(200) {
+            assert!(t0.elapsed() < Duration::from_secs(180), "not ready in 180 s:\n{}", d.log_text());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        d
+    }
+
+    /// Starts `glowd serve` without waiting for readiness.
+    fn spawn(config: &Path, envs: &[(String, String)], log: &Path) -> Daemon {
         let env = stack();
         let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_glowd"))
@@ -165,13 +178,7 @@ impl Daemon {
             .stderr(file)
             .spawn()
             .unwrap();
-        let d = Daemon { child, log: log.to_path_buf() };
-        let t0 = Instant::now();
-        while http_get(port, "/readyz").map(|(s, _)| s) != Some(200) {
-            assert!(t0.elapsed() < Duration::from_secs(180), "not ready in 180 s:\n{}", d.log_text());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        d
+        Daemon { child, log: log.to_path_buf() }
     }
 
     fn log_text(&self) -> String {
@@ -277,11 +284,25 @@ async fn produce(topic: &str, payloads: &[String]) {
     let deliveries: Vec<_> = payloads
         .iter()
         .zip(&keys)
-        .map(|(p, k)| producer.send_result(FutureRecord::to(topic).payload(p).key(k)).map_err(|(e, _)| e).unwrap())
+        .enumerate()
+        .map(|(i, (p, k))| {
+            let trace = traceparent_for(i);
+            let headers = rdkafka::message::OwnedHeaders::new()
+                .insert(rdkafka::message::Header { key: "traceparent", value: Some(trace.as_bytes()) });
+            producer
+                .send_result(FutureRecord::to(topic).payload(p).key(k).headers(headers))
+                .map_err(|(e, _)| e)
+                .unwrap()
+        })
         .collect();
     for d in deliveries {
         d.await.unwrap().map_err(|(e, _)| e).unwrap();
     }
+}
+
+/// The W3C trace context `produce` puts on its `i`-th message.
+fn traceparent_for(i: usize) -> String {
+    format!("00-{:032x}-{:016x}-01", 0xabc0_0000 + i, 0x5eed + i)
 }
 
 /// A record read back: payload and headers.
@@ -432,6 +453,9 @@ fn every_kind_end_to_end_and_bad_inputs_to_the_dlq() {
         assert_eq!(rec.len(), 1, "{payload}");
         let h = &rec[0].headers;
         assert_eq!(h.get("glowd.error.kind").map(String::as_str), Some(*kind), "{payload}: {h:?}");
+        // The message's trace context continues into its dead letter (G20).
+        let index = all.iter().position(|p| p == payload).unwrap();
+        assert_eq!(h.get("traceparent"), Some(&traceparent_for(index)), "{payload}: {h:?}");
         assert!(!h["glowd.error.message"].is_empty());
         assert_eq!(h["glowd.source.topic"], n.jobs);
         assert!(
@@ -469,6 +493,12 @@ fn every_kind_end_to_end_and_bad_inputs_to_the_dlq() {
     ] {
         assert!(metrics.contains(series), "{series} missing from /metrics:\n{metrics}");
     }
+    // Bounded labels only: no series is labelled by a job, key, id or offset (one series per job would grow forever).
+    for line in metrics.lines().filter(|l| l.starts_with("glowd_")) {
+        for unbounded in ["job=", "id=", "key=", "offset=", "run="] {
+            assert!(!line.contains(&format!("{{{unbounded}")) && !line.contains(&format!(",{unbounded}")), "{line}");
+        }
+    }
 }
 
 #[test]
@@ -504,6 +534,109 @@ fn restart_after_a_clean_stop_reprocesses_nothing() {
     }
     assert_eq!(per_job.len(), 18, "{per_job:?}");
     assert!(per_job.values().all(|&c| c == 1), "a job was processed twice: {per_job:?}");
+}
+
+/// Reads a results topic from its start and keeps counting `done` records per job as it is polled.
+struct ResultCounter {
+    consumer: BaseConsumer,
+    per_job: BTreeMap<String, usize>,
+}
+
+impl ResultCounter {
+    fn new(topic: &str) -> ResultCounter {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", format!("counter-{}-{}", topic, std::process::id()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[topic]).unwrap();
+        ResultCounter { consumer, per_job: BTreeMap::new() }
+    }
+
+    /// Polls until `until` says stop or `timeout` passes.
+    fn poll_until(&mut self, timeout: Duration, mut until: impl FnMut(&BTreeMap<String, usize>) -> bool) {
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout && !until(&self.per_job) {
+            if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(100)) {
+                let v: Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
+                assert_eq!(v["status"], "done", "{v}");
+                *self.per_job.entry(v["job"].as_str().unwrap().to_string()).or_default() += 1;
+            }
+        }
+    }
+
+    fn done(&self) -> usize {
+        self.per_job.values().sum()
+    }
+}
+
+struct Bounces {
+    jobs: usize,
+    lost: usize,
+    reprocessed: usize,
+    exit_seconds: Vec<f64>,
+}
+
+/// G3: `bounces` times, start the daemon, let results flow, SIGTERM it mid-stream (jobs in flight and a backlog
+/// behind them) and time its exit; then a last start runs the stream to its end. Counts jobs without a result and
+/// jobs with more than one.
+fn sigterm_bounces(test: &str, bounces: usize, jobs_per_bounce: usize) -> Bounces {
+    let Workload { tmp, n, model, rt, ids, jobs, .. } = workload(test, &[], bounces * jobs_per_bounce + 20);
+    rt.block_on(produce(&n.jobs, &jobs));
+    let port = free_port();
+    let cfg = config(tmp.path(), &n, &model, port);
+    let log = tmp.path().join("daemon.log");
+    let mut counter = ResultCounter::new(&n.results);
+    let mut exit_seconds = Vec::new();
+    for b in 0..bounces {
+        let daemon = Daemon::start(&cfg, &log, port);
+        let target = counter.done() + jobs_per_bounce / 2;
+        counter.poll_until(Duration::from_secs(120), |m| m.values().sum::<usize>() >= target);
+        assert!(counter.done() >= target, "bounce {b}: no results flowing");
+        let t0 = Instant::now();
+        let exit = daemon.stop();
+        exit_seconds.push(t0.elapsed().as_secs_f64());
+        assert!(exit.success(), "bounce {b}: {exit:?}\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    }
+    let daemon = Daemon::start(&cfg, &log, port);
+    let want = ids.len();
+    counter.poll_until(Duration::from_secs(300), |m| m.len() >= want);
+    counter.poll_until(Duration::from_secs(3), |_| false);
+    assert!(daemon.stop().success());
+    let lost = ids.iter().filter(|id| !counter.per_job.contains_key(*id)).count();
+    let reprocessed = counter.per_job.values().map(|c| c - 1).sum();
+    Bounces { jobs: ids.len(), lost, reprocessed, exit_seconds }
+}
+
+fn assert_exact(b: &Bounces) {
+    let max = b.exit_seconds.iter().cloned().fold(0.0, f64::max);
+    println!(
+        "sigterm bounces: {} bounces over {} jobs: {} lost, {} reprocessed, exit after SIGTERM max {max:.1} s (drain timeout 20 s)",
+        b.exit_seconds.len(),
+        b.jobs,
+        b.lost,
+        b.reprocessed
+    );
+    assert_eq!(b.lost, 0, "jobs lost over the bounces");
+    assert_eq!(b.reprocessed, 0, "a clean stop must not leave finished work uncommitted");
+    // The config's drain timeout is 20 s; RELIABILITY.md's rule is grace − 5 s.
+    assert!(max <= 15.0, "an exit took {max:.1} s: {:?}", b.exit_seconds);
+}
+
+#[test]
+fn sigterm_mid_stream_five_times_reprocesses_nothing_and_loses_nothing() {
+    let _serial = serial();
+    assert_exact(&sigterm_bounces("bounce", 5, 24));
+}
+
+/// The full G3 run: `cargo test --release --test daemon_e2e -- --ignored --nocapture sigterm_twenty`.
+#[test]
+#[ignore]
+fn sigterm_twenty_times() {
+    let _serial = serial();
+    assert_exact(&sigterm_bounces("bounce20", 20, 24));
 }
 
 fn dev_stack(command: &str) {
@@ -600,16 +733,61 @@ async fn create_topic(name: &str, partitions: i32) {
 
 /// Every object under `prefix/`, by key relative to it.
 async fn objects(client: &aws_sdk_s3::Client, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+    objects_in(client, &bucket(), prefix).await
+}
+
+async fn objects_in(client: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
-    let mut pages =
-        client.list_objects_v2().bucket(bucket()).prefix(format!("{prefix}/")).into_paginator().send();
+    let mut pages = client.list_objects_v2().bucket(bucket).prefix(format!("{prefix}/")).into_paginator().send();
     while let Some(page) = pages.next().await {
         for o in page.unwrap().contents() {
             let key = o.key().unwrap();
-            out.insert(key[prefix.len() + 1..].to_string(), get(client, key).await.unwrap());
+            let r = client.get_object().bucket(bucket).key(key).send().await.unwrap();
+            out.insert(key[prefix.len() + 1..].to_string(), r.body.collect().await.unwrap().into_bytes().to_vec());
         }
     }
     out
+}
+
+/// A bucket with versioning on (created once): every successful write of a key leaves a version, so the versions
+/// count the writes that succeeded (G2).
+const VERSIONED_BUCKET: &str = "glowd-versioned";
+
+async fn versioned_bucket(client: &aws_sdk_s3::Client) {
+    if client.head_bucket().bucket(VERSIONED_BUCKET).send().await.is_err() {
+        let _ = client.create_bucket().bucket(VERSIONED_BUCKET).send().await;
+    }
+    let on = aws_sdk_s3::types::VersioningConfiguration::builder()
+        .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+        .build();
+    client.put_bucket_versioning().bucket(VERSIONED_BUCKET).versioning_configuration(on).send().await.unwrap();
+}
+
+/// Keys under `prefix/` of the versioned bucket with more than one version: written successfully more than once.
+async fn keys_written_twice(client: &aws_sdk_s3::Client, prefix: &str) -> (usize, Vec<String>) {
+    let mut versions: BTreeMap<String, usize> = BTreeMap::new();
+    let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
+    loop {
+        let page = client
+            .list_object_versions()
+            .bucket(VERSIONED_BUCKET)
+            .prefix(format!("{prefix}/"))
+            .set_key_marker(key_marker.clone())
+            .set_version_id_marker(version_marker.clone())
+            .send()
+            .await
+            .unwrap();
+        for v in page.versions() {
+            *versions.entry(v.key().unwrap().to_string()).or_default() += 1;
+        }
+        if page.is_truncated() != Some(true) {
+            break;
+        }
+        key_marker = page.next_key_marker().map(str::to_string);
+        version_marker = page.next_version_id_marker().map(str::to_string);
+    }
+    let twice = versions.iter().filter(|(_, &n)| n > 1).map(|(k, _)| k.clone()).collect();
+    (versions.len(), twice)
 }
 
 /// Reads the results topic until every job id in `jobs` has a `done` result (or the timeout): records per job.
@@ -775,14 +953,30 @@ fn sigkill_during_a_batch_then_restart_writes_every_output_identical_to_a_clean_
 #[test]
 fn two_daemons_in_one_group_rebalance_mid_run_without_losing_a_job() {
     let _serial = serial();
-    let Workload { tmp, n, model, ids, jobs, .. } = workload("rebalance", &HEAVY, 160);
+    rebalance_mid_run("rebalance", None);
+}
+
+/// The same with the broker-driven consumer group protocol of KIP-848 (Kafka 4), `group.protocol=consumer`.
+#[test]
+fn two_daemons_rebalance_mid_run_with_the_kip_848_protocol() {
+    let _serial = serial();
+    rebalance_mid_run("kip848", Some("consumer"));
+}
+
+fn rebalance_mid_run(test: &str, group_protocol: Option<&str>) {
+    let Workload { tmp, n, model, ids, jobs, .. } = workload(test, &HEAVY, 160);
     let (port_a, port_b) = (free_port(), free_port());
     let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
     std::fs::create_dir_all(&dir_a).unwrap();
     std::fs::create_dir_all(&dir_b).unwrap();
     let (cfg_a, cfg_b) = (config(&dir_a, &n, &model, port_a), config(&dir_b, &n, &model, port_b));
-    short_session(&cfg_a);
-    short_session(&cfg_b);
+    for cfg in [&cfg_a, &cfg_b] {
+        match group_protocol {
+            // The session timeout is the broker's (group.consumer.session.timeout.ms) under KIP-848.
+            Some(p) => kafka_properties(cfg, &[("group.protocol", p)]),
+            None => short_session(cfg),
+        }
+    }
     let a = Daemon::start(&cfg_a, &dir_a.join("daemon.log"), port_a);
     // Jobs arrive steadily (10 every 0.4 s, about 6 s in all), so both rebalances happen with jobs in flight.
     let topic = n.jobs.clone();
@@ -796,7 +990,13 @@ fn two_daemons_in_one_group_rebalance_mid_run_without_losing_a_job() {
     assert!(!done_results(&n.results, &ids[..1], Duration::from_secs(120)).is_empty(), "{}", a.log_text());
     // B joins while A is mid-run (partitions move to B), then A leaves (its partitions move to B).
     let b = Daemon::start(&cfg_b, &dir_b.join("daemon.log"), port_b);
-    std::thread::sleep(Duration::from_secs(2));
+    // Until the group has moved partitions to B (under KIP-848 the broker does it on a heartbeat, every few s).
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(30)
+        && !(a.log_text().contains("partition revoked") && b.log_text().contains("partition assigned"))
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let log_a = a.log_text();
     assert!(a.stop().success(), "{log_a}");
     let done_when_a_left = done_results(&n.results, &ids, Duration::from_secs(1)).len();
@@ -813,7 +1013,11 @@ fn two_daemons_in_one_group_rebalance_mid_run_without_losing_a_job() {
     assert!(dlq.is_empty());
     let duplicates: usize = seen.values().map(|c| c - 1).sum();
     assert!(done_when_a_left < ids.len(), "everything was done before A left: no rebalance mid-run");
-    println!("rebalance: {} jobs, {done_when_a_left} done when A left, {duplicates} processed twice", ids.len());
+    println!(
+        "rebalance ({}): {} jobs, {done_when_a_left} done when A left, {duplicates} processed twice",
+        group_protocol.unwrap_or("classic"),
+        ids.len()
+    );
 }
 
 #[test]
@@ -853,6 +1057,274 @@ fn broker_down_mid_run_fails_readiness_then_loses_nothing() {
     assert_eq!(seen.len(), ids.len(), "jobs lost over the broker outage\n{log}");
     assert_eq!(committed_all, ids.len() as i64);
     assert!(consume(&n.dlq, 0, Duration::from_secs(2), Duration::ZERO).is_empty(), "an outage dead-lettered jobs");
+}
+
+/// Produces `payloads` in order; where each landed: (partition, offset).
+async fn produce_at(topic: &str, payloads: &[String]) -> Vec<(i32, i64)> {
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", brokers()).set("acks", "all").create().unwrap();
+    let mut at = Vec::new();
+    for (i, p) in payloads.iter().enumerate() {
+        let key = format!("k{i}");
+        let d = producer.send(FutureRecord::to(topic).payload(p).key(&key), Duration::from_secs(30)).await;
+        let d = d.map_err(|(e, _)| e).unwrap();
+        at.push((d.partition, d.offset));
+    }
+    at
+}
+
+/// Sets topic configs (the broker's AlterConfigs: the topic's other overrides are replaced, and these topics have
+/// none).
+async fn set_topic_config(topic: &str, key: &str, value: &str) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+    let change = rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic(topic)).set(key, value);
+    for r in admin.alter_configs(&[change], &AdminOptions::new()).await.unwrap() {
+        r.unwrap();
+    }
+}
+
+/// Adds librdkafka properties to a test pipeline file.
+fn kafka_properties(cfg: &Path, pairs: &[(&str, &str)]) {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    let lines: String = pairs.iter().map(|(k, v)| format!("\"{k}\" = \"{v}\"\n")).collect();
+    let text = if text.contains("[kafka.properties]\n") {
+        text.replace("[kafka.properties]\n", &format!("[kafka.properties]\n{lines}"))
+    } else {
+        text.replace("pause_grace_ms = 200\n", &format!("pause_grace_ms = 200\n[kafka.properties]\n{lines}"))
+    };
+    std::fs::write(cfg, text).unwrap();
+}
+
+/// G9: while the DLQ topic refuses every record (its `max.message.bytes` is 1), a bad job is not skipped: its
+/// offset is never committed, the good jobs after it finish but their offsets wait behind it, and once the DLQ
+/// takes records again the dead letters land and every offset is committed, without a restart.
+#[test]
+fn a_dlq_that_refuses_records_holds_the_offsets_until_the_dead_letters_are_durable() {
+    let _serial = serial();
+    let Workload { tmp, n, model, rt, ids, jobs, .. } = workload("dlqdown", &[], 24);
+    rt.block_on(set_topic_config(&n.dlq, "max.message.bytes", "1"));
+    let bad = ["{not json".to_string(), json!({"version": 1, "id": "no-kind"}).to_string(), "[]".to_string()];
+    let mut payloads = Vec::new();
+    for (i, j) in jobs.iter().enumerate() {
+        if i % 8 == 3 {
+            payloads.push(bad[i / 8].clone());
+        }
+        payloads.push(j.clone());
+    }
+    let at = rt.block_on(produce_at(&n.jobs, &payloads));
+    // Per partition, the first bad job's offset: nothing at or after it may be committed while the DLQ refuses.
+    let mut first_bad: BTreeMap<i32, i64> = BTreeMap::new();
+    for (p, (part, offset)) in payloads.iter().zip(&at) {
+        if bad.contains(p) {
+            first_bad.entry(*part).and_modify(|o| *o = (*o).min(*offset)).or_insert(*offset);
+        }
+    }
+    let port = free_port();
+    let cfg = config(tmp.path(), &n, &model, port);
+    let daemon = Daemon::start(&cfg, &tmp.path().join("daemon.log"), port);
+    let seen = done_results(&n.results, &ids, Duration::from_secs(180));
+    assert_eq!(seen.len(), ids.len(), "good jobs must not wait for the DLQ\n{}", daemon.log_text());
+    // Auto-commit runs every second: give it a few rounds to commit anything it (wrongly) could.
+    std::thread::sleep(Duration::from_secs(4));
+    let held = committed(&n, 3);
+    let log = daemon.log_text();
+    for (part, offset) in &first_bad {
+        assert!(
+            held[*part as usize] <= *offset,
+            "partition {part}: committed {} past the un-dead-lettered job at offset {offset}\n{log}",
+            held[*part as usize]
+        );
+    }
+    assert!(consume(&n.dlq, 1, Duration::from_secs(3), Duration::ZERO).is_empty(), "a record got into the DLQ");
+    assert!(log.contains("reporting failed, retrying"), "no retried DLQ produce in the log\n{log}");
+    assert_eq!(http_get(port, "/healthz").map(|(s, _)| s), Some(200), "liveness must hold while the DLQ refuses");
+
+    // The DLQ recovers: the same daemon dead-letters the three and commits everything.
+    rt.block_on(set_topic_config(&n.dlq, "max.message.bytes", "1048588"));
+    let all = wait_committed(&n, payloads.len() as i64, Duration::from_secs(120));
+    let dead = consume(&n.dlq, bad.len(), Duration::from_secs(30), Duration::from_secs(2));
+    let log = daemon.log_text();
+    assert!(daemon.stop().success(), "{log}");
+    assert_eq!(all, payloads.len() as i64, "committed after the DLQ recovered (held at {held:?})\n{log}");
+    assert_eq!(dead.len(), bad.len(), "one dead letter per bad job\n{log}");
+    let mut payloads_dead: Vec<String> = dead.iter().map(|r| String::from_utf8_lossy(&r.payload).into_owned()).collect();
+    payloads_dead.sort();
+    let mut want: Vec<String> = bad.to_vec();
+    want.sort();
+    assert_eq!(payloads_dead, want);
+    assert!(dead.iter().all(|r| !r.headers["glowd.error.kind"].is_empty()));
+    println!("dlq refused: offsets held at {held:?} behind bad jobs at {first_bad:?}; after recovery {all} committed");
+}
+
+/// G21: a group whose committed offsets are gone (expired after `offsets.retention.minutes`, here deleted, which
+/// leaves the same state) and `auto.offset.reset=error`: the daemon neither replays the topic from the start nor
+/// skips to its end. It stays up but not ready, says which partitions need an operator's reset, sets
+/// `glowd_offset_reset_refused`, and processes nothing.
+#[test]
+fn lost_group_offsets_with_reset_error_are_refused_not_silently_reset() {
+    let _serial = serial();
+    let Workload { tmp, n, model, rt, ids, jobs, .. } = workload("expiry", &[], 12);
+    let (first, second) = (&jobs[..6], &jobs[6..]);
+    rt.block_on(produce(&n.jobs, first));
+    let port = free_port();
+    let cfg = config(tmp.path(), &n, &model, port);
+    short_session(&cfg);
+    let daemon = Daemon::start(&cfg, &tmp.path().join("daemon.log"), port);
+    assert_eq!(done_results(&n.results, &ids[..6], Duration::from_secs(120)).len(), 6, "{}", daemon.log_text());
+    assert_eq!(wait_committed(&n, 6, Duration::from_secs(30)), 6);
+    assert!(daemon.stop().success());
+
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+    // The group is deletable once the broker has seen the member leave.
+    let t0 = Instant::now();
+    loop {
+        let r = rt.block_on(admin.delete_groups(&[&n.group], &AdminOptions::new())).unwrap().remove(0);
+        match r {
+            Ok(_) => break,
+            Err((_, e)) if t0.elapsed() < Duration::from_secs(30) => {
+                assert_eq!(e, rdkafka::types::RDKafkaErrorCode::NonEmptyGroup);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("deleting the group: {e:?}"),
+        }
+    }
+    rt.block_on(produce(&n.jobs, second));
+    kafka_properties(&cfg, &[("auto.offset.reset", "error")]);
+    let daemon = Daemon::spawn(&cfg, &[], &tmp.path().join("daemon2.log"));
+    let t0 = Instant::now();
+    let mut refused = None;
+    while t0.elapsed() < Duration::from_secs(90) && refused.is_none() {
+        if let Some((503, body)) = http_get(port, "/readyz") {
+            if body.contains("auto.offset.reset=error") {
+                refused = Some(body);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let metrics = http_get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
+    // Nothing replayed, nothing of the new jobs processed.
+    let late = done_results(&n.results, &ids[6..], Duration::from_secs(5));
+    let replayed = consume(&n.results, 7, Duration::from_secs(3), Duration::ZERO).len();
+    let log = daemon.log_text();
+    let exit = daemon.stop();
+    let body = refused.unwrap_or_else(|| panic!("readiness never named the refused reset\n{log}"));
+    for p in 0..3 {
+        assert!(body.contains(&format!("{}[{p}]", n.jobs)) || body.contains(&format!("{}-{p}", n.jobs)), "{body}");
+    }
+    assert!(metrics.lines().any(|l| l.starts_with("glowd_offset_reset_refused{") && l.ends_with(" 1")), "{metrics}");
+    assert!(late.is_empty(), "jobs after the lost offsets were processed: {late:?}");
+    assert_eq!(replayed, 6, "the first six were replayed (or results are missing)");
+    assert!(log.contains("auto.offset.reset=error"), "{log}");
+    assert!(exit.success(), "{log}");
+}
+
+/// Points a test pipeline file's S3 endpoint at a local port (the fault proxy).
+fn s3_endpoint(cfg: &Path, port: u16) {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    let text = text.replace(&format!("endpoint = \"{}\"", stack()["S3_ENDPOINT"]), &format!("endpoint = \"http://127.0.0.1:{port}\""));
+    assert!(text.contains(&format!("127.0.0.1:{port}")));
+    std::fs::write(cfg, text).unwrap();
+}
+
+fn minio_host_port() -> String {
+    stack()["S3_ENDPOINT"].trim_start_matches("http://").trim_end_matches('/').to_string()
+}
+
+/// G10 + G13: the daemon talks to S3 through a proxy that answers 30 % of requests `503 SlowDown`, drops 5 % of
+/// connections mid-request, answers 5 % of create-only PUTs `409`, holds 5 % for 2 s, and flips a byte in 5 % of
+/// the uploads that do go through (MinIO refuses those: the CRC32C and the signed payload hash no longer match).
+/// Every job still finishes, none is dead-lettered, and every stored output matches the SHA-256 its manifest
+/// gives, read back from MinIO directly; the flipped uploads were really sent and refused.
+#[test]
+fn s3_faults_and_flipped_bytes_through_a_proxy_lose_nothing_and_store_nothing_corrupt() {
+    let _serial = serial();
+    let Workload { tmp, n, model, rt, client, ids, jobs } = workload("s3faults", &[], 45);
+    let faults = fault_proxy::Faults {
+        reset: 0.05,
+        slowdown: 0.30,
+        conflict: 0.05,
+        delay: 0.05,
+        delay_for: Duration::from_secs(2),
+        flip_upload: 0.05,
+        ignore_if_none_match: false,
+    };
+    let proxy = fault_proxy::FaultProxy::start(&minio_host_port(), faults, 7);
+    let port = free_port();
+    let cfg = config(tmp.path(), &n, &model, port);
+    s3_endpoint(&cfg, proxy.port);
+    rt.block_on(produce(&n.jobs, &jobs));
+    let daemon = Daemon::start(&cfg, &tmp.path().join("daemon.log"), port);
+    let seen = done_results(&n.results, &ids, Duration::from_secs(300));
+    let all = wait_committed(&n, ids.len() as i64, Duration::from_secs(60));
+    let metrics = http_get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
+    let log = daemon.log_text();
+    assert!(daemon.stop().success(), "{log}");
+    let counts = proxy.counts.summary();
+    println!("s3 faults: {counts}");
+    assert_eq!(seen.len(), ids.len(), "jobs lost to transient S3 faults ({counts})\n{log}");
+    assert_eq!(all, ids.len() as i64);
+    assert!(consume(&n.dlq, 1, Duration::from_secs(3), Duration::ZERO).is_empty(), "transient faults were dead-lettered\n{log}");
+    let c = &proxy.counts;
+    for (what, v) in [("resets", &c.resets), ("SlowDown", &c.slowdowns), ("409", &c.conflicts), ("flips", &c.flips), ("delays", &c.delays)] {
+        assert!(v.load(std::sync::atomic::Ordering::Relaxed) > 0, "no {what} injected: {counts}");
+    }
+    assert!(log.contains("damaged in transit"), "no refused flipped upload in the log ({counts})\n{log}");
+    assert!(metrics.contains("glowd_retries_total"), "{metrics}");
+
+    // Read back from MinIO itself: every output is what its manifest says (sha256), and every image decodes.
+    let stored = rt.block_on(objects(&client, &n.outputs));
+    let mut checked = 0;
+    for (key, bytes) in &stored {
+        if !key.ends_with("manifest.json") {
+            continue;
+        }
+        let manifest: Value = serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("{key}: {e}"));
+        for o in manifest["outputs"].as_array().unwrap() {
+            let rel = o["key"].as_str().unwrap().trim_start_matches(&format!("{}/", n.outputs)).to_string();
+            let got = stored.get(&rel).unwrap_or_else(|| panic!("{rel} listed in {key} but not stored"));
+            use sha2::Digest;
+            let digest: String = sha2::Sha256::digest(got).iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(digest, o["sha256"].as_str().unwrap(), "{rel}: stored bytes differ from what was written");
+            if rel.ends_with(".png") {
+                image::load_from_memory(got).unwrap_or_else(|e| panic!("{rel}: {e}"));
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= ids.len(), "{checked} outputs checked for {} jobs", ids.len());
+}
+
+/// G12: a store that answers every create-only PUT `200` (it ignores `If-None-Match`, as some S3-compatible
+/// servers do) fails the start-up self-test: the daemon exits non-zero, saying why, and is never ready.
+#[test]
+fn a_store_that_ignores_conditional_writes_is_refused_at_start() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let n = names("ifnonematch");
+    let model = common::pipeline::model_with_directions_of(tmp.path(), &[]);
+    let faults = fault_proxy::Faults { ignore_if_none_match: true, ..Default::default() };
+    let proxy = fault_proxy::FaultProxy::start(&minio_host_port(), faults, 1);
+    let port = free_port();
+    let cfg = config(tmp.path(), &n, &model, port);
+    s3_endpoint(&cfg, proxy.port);
+    let mut daemon = Daemon::spawn(&cfg, &[], &tmp.path().join("daemon.log"));
+    let t0 = Instant::now();
+    let mut ever_ready = false;
+    let status = loop {
+        if let Some(s) = daemon.child.try_wait().unwrap() {
+            break s;
+        }
+        ever_ready |= http_get(port, "/readyz").map(|(s, _)| s) == Some(200);
+        assert!(t0.elapsed() < Duration::from_secs(120), "still running after 120 s:\n{}", daemon.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let log = daemon.log_text();
+    assert!(!status.success(), "{log}");
+    assert!(!ever_ready, "ready on a store that ignores conditional writes\n{log}");
+    assert!(log.contains("ignores conditional writes"), "{log}");
+    assert_eq!(proxy.counts.faked_puts.load(std::sync::atomic::Ordering::Relaxed), 2, "{}", proxy.counts.summary());
 }
 
 /// `glowd` with the dev stack's environment plus `envs`: (exit status, stdout, stderr).
@@ -1073,6 +1545,8 @@ struct ChaosReport {
     corrupt: usize,
     duplicates: usize,
     dead_letters: usize,
+    /// Output keys with more than one successful write (versions in the versioned bucket).
+    written_twice: usize,
 }
 
 /// The fault harness (RELIABILITY.md G1-G4, G11, G13): `jobs` mixed jobs run once cleanly as the reference, then
@@ -1086,12 +1560,23 @@ fn chaos(jobs: usize, kills: usize, s3_outage: Duration, daemons: usize, seed: u
     let Workload { tmp, n, model, rt, client, ids, jobs: payloads } = workload("chaos", &HEAVY, jobs);
     rt.block_on(produce(&n.jobs, &payloads));
     let variant = |tag: &str| Names { dlq: format!("{}-{tag}", n.dlq), ..n.variant(tag) };
+    rt.block_on(versioned_bucket(&client));
     let start = |v: &Names, i: usize| {
         let dir = tmp.path().join(format!("{}-{i}", v.group));
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
         let cfg = config(&dir, v, &model, port);
         short_session(&cfg);
+        if v.group.ends_with("-chaos") {
+            // The chaos run writes into the versioned bucket, where every successful write leaves a version.
+            let text = std::fs::read_to_string(&cfg).unwrap();
+            let text = text.replace(
+                &format!("[output]\nbucket = \"{}\"", bucket()),
+                &format!("[output]\nbucket = \"{VERSIONED_BUCKET}\""),
+            );
+            assert!(text.contains(VERSIONED_BUCKET));
+            std::fs::write(&cfg, text).unwrap();
+        }
         (Daemon::start(&cfg, &dir.join("daemon.log"), port), cfg, dir, port)
     };
     // The reference.
@@ -1140,8 +1625,11 @@ fn chaos(jobs: usize, kills: usize, s3_outage: Duration, daemons: usize, seed: u
     assert_eq!(committed_all, ids.len() as i64, "offsets after the chaos run");
     let dead_letters = consume(&chaotic.dlq, 0, Duration::from_secs(3), Duration::ZERO).len();
     // Every job's outputs against the reference, byte for byte (manifests name their own prefix).
-    let (want, got) =
-        rt.block_on(async { (objects(&client, &reference.outputs).await, objects(&client, &chaotic.outputs).await) });
+    let (want, got) = rt.block_on(async {
+        (objects(&client, &reference.outputs).await, objects_in(&client, VERSIONED_BUCKET, &chaotic.outputs).await)
+    });
+    let (keys, twice) = rt.block_on(keys_written_twice(&client, &chaotic.outputs));
+    assert_eq!(keys, got.len());
     let (mut missing, mut corrupt) = (0, 0);
     for (key, bytes) in &want {
         let bytes = if key.ends_with("manifest.json") {
@@ -1162,10 +1650,15 @@ fn chaos(jobs: usize, kills: usize, s3_outage: Duration, daemons: usize, seed: u
         corrupt,
         duplicates: seen.values().map(|c| c - 1).sum(),
         dead_letters,
+        written_twice: twice.len(),
     };
+    if !twice.is_empty() {
+        eprintln!("written more than once: {twice:?}");
+    }
     println!(
         "chaos: {} jobs, {kills} SIGKILLs, 1 broker restart (SIGKILL), S3 down {:?}, {daemons} daemon(s), {:.0} s: \
-         lost {}, missing outputs {}, corrupt outputs {}, duplicate results {}, dead letters {}",
+         lost {}, missing outputs {}, corrupt outputs {}, duplicate results {}, dead letters {}, output keys written \
+         more than once {} (of {keys})",
         report.jobs,
         s3_outage,
         t0.elapsed().as_secs_f64(),
@@ -1173,7 +1666,8 @@ fn chaos(jobs: usize, kills: usize, s3_outage: Duration, daemons: usize, seed: u
         report.missing,
         report.corrupt,
         report.duplicates,
-        report.dead_letters
+        report.dead_letters,
+        report.written_twice
     );
     if report.lost + report.missing + report.corrupt + report.dead_letters > 0 {
         for l in logs {
@@ -1190,7 +1684,11 @@ fn dev_stack_args(args: &[&str]) {
 }
 
 fn assert_survived(r: &ChaosReport) {
-    assert_eq!((r.lost, r.missing, r.corrupt, r.dead_letters), (0, 0, 0, 0), "jobs lost, outputs missing or corrupt, or dead letters");
+    assert_eq!(
+        (r.lost, r.missing, r.corrupt, r.dead_letters, r.written_twice),
+        (0, 0, 0, 0, 0),
+        "jobs lost, outputs missing or corrupt, dead letters, or outputs written twice"
+    );
 }
 
 /// The short version of the fault harness, in the suite: 150 jobs, 3 SIGKILLs, a broker restart, S3 down 5 s.

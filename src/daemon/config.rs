@@ -28,6 +28,11 @@ pub struct KafkaSettings {
     /// Messages the consumer thread holds (fetched, not yet taken by the pipeline) before it pauses at once.
     #[serde(default = "default_buffer")]
     pub buffer: usize,
+    /// How long `glowd serve` waits at start-up, before it loads any model, for a broker to answer a metadata
+    /// request for `jobs_topic` (default 15 s). When none has within this time, the daemon exits non-zero naming
+    /// the last error; an authentication or TLS certificate failure ends the wait at once. Never ready before.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_seconds: f64,
 }
 
 /// Whether a librdkafka property holds a secret (`sasl.password`, `ssl.key.password`, `ssl.key.pem`,
@@ -55,6 +60,7 @@ impl std::fmt::Debug for KafkaSettings {
             .field("properties", &properties)
             .field("pause_grace_ms", &self.pause_grace_ms)
             .field("buffer", &self.buffer)
+            .field("connect_timeout_seconds", &self.connect_timeout_seconds)
             .finish()
     }
 }
@@ -64,6 +70,9 @@ fn default_pause_grace() -> u64 {
 }
 fn default_buffer() -> usize {
     64
+}
+fn default_connect_timeout() -> f64 {
+    15.0
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -50,8 +50,8 @@ async fn readyz(State(h): State<Health>) -> (StatusCode, String) {
     if !h.ready.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into());
     }
-    if h.source.get().is_some_and(|s| s.brokers_down.load(Ordering::Relaxed)) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "kafka: no broker reachable\n".into());
+    if let Some(reason) = h.source.get().and_then(|s| s.not_ready_reason()) {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"));
     }
     (StatusCode::OK, "ready\n".into())
 }

@@ -15,7 +15,7 @@ use crate::pipeline::store::BoxFuture;
 use crate::pipeline::Envelope;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeSet, VecDeque};
@@ -59,9 +59,36 @@ pub struct SourceState {
     /// No broker reachable (librdkafka's all-brokers-down error, or a statistics report with none up): readiness
     /// fails until a report shows one up again. The consumer reconnects by itself meanwhile.
     pub brokers_down: AtomicBool,
+    /// Partitions that have no committed offset while `auto.offset.reset=error` (an expired or deleted group):
+    /// the daemon neither skips nor replays them on its own, it stays not ready and says which until an operator
+    /// resets the offsets.
+    pub reset_refused: Mutex<BTreeSet<TopicPartition>>,
+    /// An error the daemon cannot recover from by waiting (wrong credentials, a certificate that does not verify):
+    /// the daemon drains what it has and exits non-zero with this message.
+    pub fatal: std::sync::OnceLock<String>,
 }
 
 impl SourceState {
+    /// Why the consumer cannot do its work now, for `/readyz`; `None` when it can.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if let Some(f) = self.fatal.get() {
+            return Some(format!("kafka: {f}"));
+        }
+        let refused = self.reset_refused.lock().unwrap_or_else(|p| p.into_inner());
+        if !refused.is_empty() {
+            let list: Vec<String> = refused.iter().map(|tp| tp.to_string()).collect();
+            return Some(format!(
+                "kafka: no committed offset and auto.offset.reset=error for {} (reset the group's offsets)",
+                list.join(", ")
+            ));
+        }
+        drop(refused);
+        if self.brokers_down.load(Ordering::Relaxed) {
+            return Some("kafka: no broker reachable".into());
+        }
+        None
+    }
+
     pub fn seconds_since_poll(&self) -> f64 {
         let last = self.last_poll_ms.load(Ordering::Relaxed);
         (now_ms().saturating_sub(last)) as f64 / 1000.0
@@ -78,10 +105,20 @@ struct Context {
 }
 
 impl ClientContext for Context {
+    /// All-brokers-down fails readiness until a broker is back. An authentication or TLS failure (wrong password,
+    /// a password rotated under the running daemon, a certificate that does not verify) is not mended by waiting:
+    /// it sets `state.fatal`, and the daemon drains and exits non-zero with it. Transport errors (a broker
+    /// restarting, a dropped connection) are only logged: librdkafka reconnects.
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
             if !self.state.brokers_down.swap(true, Ordering::Relaxed) {
                 tracing::warn!(%reason, "kafka: no broker reachable (not ready until one is)");
+            }
+        } else if let Some(fatal) = fatal_error(&error, reason, None) {
+            if self.state.fatal.set(fatal.clone()).is_ok() {
+                tracing::error!(error = %fatal, "kafka: fatal client error");
+            } else {
+                tracing::debug!(error = %fatal, "kafka: fatal client error (again)");
             }
         } else {
             tracing::error!(error = %error, %reason, "kafka client error");
@@ -158,6 +195,135 @@ impl ConsumerContext for Context {
     }
 }
 
+/// Splits librdkafka's `sasl_ssl://127.0.0.1:9093/bootstrap: message` into (`127.0.0.1:9093`, `message`), and
+/// `GroupCoordinator: 127.0.0.1:9093: message` into (`127.0.0.1:9093 (group coordinator)`, `message`).
+fn broker_of(reason: &str) -> (String, &str) {
+    match reason.split_once(": ") {
+        Some((head, rest)) if head.contains("://") => {
+            let addr = head.split_once("://").map_or(head, |x| x.1);
+            let addr = addr.rsplit_once('/').map_or(addr, |x| x.0);
+            (addr.to_string(), rest)
+        }
+        Some((role, rest)) if !role.contains([' ', ':']) => match rest.split_once(": ") {
+            Some((addr, detail)) if addr.contains(':') && !addr.contains(' ') => {
+                let role = if role == "GroupCoordinator" { "group coordinator" } else { role };
+                (format!("{addr} ({role})"), detail)
+            }
+            _ => ("the broker".to_string(), reason),
+        },
+        _ => ("the broker".to_string(), reason),
+    }
+}
+
+/// The one-line message of an error that waiting cannot mend (authentication refused, TLS handshake or
+/// certificate verification failed), or `None` for any other error. `sasl` names the mechanism (and user) when
+/// known. librdkafka's reasons never hold the password.
+fn fatal_error(error: &rdkafka::error::KafkaError, reason: &str, sasl: Option<&str>) -> Option<String> {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    let code = error.rdkafka_error_code()?;
+    let (broker, detail) = broker_of(reason);
+    match code {
+        C::Authentication | C::SaslAuthenticationFailed | C::UnsupportedSASLMechanism | C::IllegalSASLState => {
+            let sasl = sasl.map(|s| format!(" ({s})")).unwrap_or_else(|| " (SASL)".into());
+            Some(format!("authentication failed{sasl} for {broker}: {detail}"))
+        }
+        C::SSL => {
+            let lower = detail.to_ascii_lowercase();
+            if lower.contains("verif") || lower.contains("certificate") {
+                Some(format!(
+                    "TLS certificate verification failed for {broker} (does ssl.ca.location hold the CA that signed \
+                     the broker's certificate, and does the certificate name the host in `brokers`?): {detail}"
+                ))
+            } else {
+                Some(format!("TLS handshake failed for {broker}: {detail}"))
+            }
+        }
+        _ => None,
+    }
+}
+
+/// What the start-up check saw: the first fatal error, the last other one.
+#[derive(Default)]
+struct ProbeContext {
+    sasl: Option<String>,
+    fatal: std::sync::OnceLock<String>,
+    last: Mutex<Option<String>>,
+}
+
+impl ClientContext for ProbeContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if let Some(f) = fatal_error(&error, reason, self.sasl.as_deref()) {
+            let _ = self.fatal.set(f);
+        } else if error.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
+            tracing::debug!(error = %error, %reason, "kafka start-up check");
+            *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_string());
+        }
+    }
+}
+
+impl ConsumerContext for ProbeContext {}
+
+/// Start-up check, before anything else is loaded: with the consumer's own settings, a broker must answer a
+/// metadata request for the jobs topic within `kafka.connect_timeout_seconds`. Blocking (run it in
+/// `spawn_blocking`). `Err` is one line naming the cause: authentication refused and TLS failures as soon as
+/// librdkafka reports them, otherwise "no broker reachable" with the last error seen. A SASL_SSL client never
+/// falls back to plaintext, and a plaintext one cannot talk to a TLS listener, so either mismatch ends here.
+pub fn check_brokers(k: &KafkaSettings) -> Result<(), String> {
+    let secs = k.connect_timeout_seconds;
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("kafka.connect_timeout_seconds = {secs}: must be a positive number of seconds"));
+    }
+    let timeout = Duration::from_secs_f64(secs);
+    let mut config = client_config(k)?;
+    config.set("group.id", &k.group);
+    let protocol = config.get("security.protocol").unwrap_or("plaintext").to_ascii_lowercase();
+    let sasl = protocol.starts_with("sasl").then(|| {
+        let mech = config.get("sasl.mechanism").unwrap_or("GSSAPI").to_string();
+        match config.get("sasl.username") {
+            Some(u) => format!("SASL {mech}, user {u:?}"),
+            None => format!("SASL {mech}"),
+        }
+    });
+    let consumer: BaseConsumer<ProbeContext> = config
+        .create_with_context(ProbeContext { sasl, ..Default::default() })
+        .map_err(|e| format!("kafka consumer: {e}"))?;
+    let t0 = Instant::now();
+    loop {
+        // Serves the client's error events (they reach ProbeContext::error from here).
+        let _ = consumer.poll(Duration::from_millis(50));
+        if let Some(f) = consumer.context().fatal.get() {
+            return Err(f.clone());
+        }
+        let left = timeout.saturating_sub(t0.elapsed());
+        if left.is_zero() {
+            let last = consumer.context().last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            return Err(format!(
+                "no broker reachable at {} within {secs} s (is a broker up there, and does its listener speak \
+                 security.protocol={protocol}?){}",
+                k.brokers,
+                last.map(|l| format!(": last error: {l}")).unwrap_or_default()
+            ));
+        }
+        match consumer.fetch_metadata(Some(&k.jobs_topic), left.min(Duration::from_millis(500))) {
+            Ok(md) => {
+                // A fatal error may have come with the answer's connection (another broker of the list).
+                let _ = consumer.poll(Duration::ZERO);
+                if let Some(f) = consumer.context().fatal.get() {
+                    return Err(f.clone());
+                }
+                match md.topics().iter().find(|t| t.name() == k.jobs_topic).and_then(|t| t.error()) {
+                    Some(e) => tracing::warn!(topic = %k.jobs_topic, error = %rdkafka::types::RDKafkaErrorCode::from(e),
+                        "kafka: broker answered, but the jobs topic is not available (yet)"),
+                    None => tracing::info!(brokers = md.brokers().len(), protocol = %protocol,
+                        elapsed_ms = t0.elapsed().as_millis() as u64, "kafka: broker answered"),
+                }
+                return Ok(());
+            }
+            Err(e) => tracing::trace!(error = %e, "kafka start-up check: no answer yet"),
+        }
+    }
+}
+
 /// Control of the consumer thread.
 pub struct KafkaSource {
     thread: Option<std::thread::JoinHandle<()>>,
@@ -179,11 +345,15 @@ impl KafkaSource {
         let state = Arc::new(SourceState::default());
         let mut config = client_config(k)?;
         config.set("group.id", &k.group).set("enable.auto.commit", "true").set("enable.auto.offset.store", "false");
+        // KIP-848 (`group.protocol=consumer`): the broker assigns, incrementally; a client-side assignor is then
+        // refused by librdkafka, so the classic protocol's cooperative-sticky default applies to it alone.
+        if !config.get("group.protocol").is_some_and(|p| p.eq_ignore_ascii_case("consumer")) {
+            defaults(&mut config, &[("partition.assignment.strategy", "cooperative-sticky")]);
+        }
         defaults(
             &mut config,
             &[
                 ("auto.offset.reset", "earliest"),
-                ("partition.assignment.strategy", "cooperative-sticky"),
                 // Bounded prefetch: memory does not grow with the backlog.
                 ("queued.max.messages.kbytes", "4096"),
                 ("auto.commit.interval.ms", "1000"),
@@ -275,6 +445,9 @@ impl Poller {
             self.backpressure();
             match self.consumer.poll(Duration::from_millis(50)) {
                 None => {}
+                Some(Err(e)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AutoOffsetReset) => {
+                    self.refuse_offset_reset(&e);
+                }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "kafka poll error");
                     metrics::counter!("glowd_kafka_errors_total").increment(1);
@@ -298,7 +471,11 @@ impl Poller {
                             });
                             let payload = m.payload().unwrap_or_default().to_vec();
                             metrics::counter!("glowd_messages_total").increment(1);
-                            self.pending.push_back((token, Envelope::new(payload, Some(source), Some(ack))));
+                            let traceparent = m.headers().and_then(|h| {
+                                h.iter().find(|x| x.key.eq_ignore_ascii_case("traceparent")).and_then(|x| x.value)
+                            });
+                            let envelope = Envelope::new(payload, Some(source), Some(ack)).with_traceparent(traceparent);
+                            self.pending.push_back((token, envelope));
                         }
                         Err(e) => tracing::warn!(error = %e, "message not registered (skipped until redelivered)"),
                     }
@@ -306,6 +483,34 @@ impl Poller {
             }
         }
         self.close();
+    }
+
+    /// `auto.offset.reset=error` and a partition without a committed offset (the group's offsets expired, or it
+    /// was deleted): librdkafka stops fetching that partition. The error names no partition, so the assignment's
+    /// committed offsets say which ones; they are listed in `/readyz` and in `glowd_offset_reset_refused` until an
+    /// operator resets the group's offsets (`kafka-consumer-groups.sh --reset-offsets`) and the daemon restarts.
+    fn refuse_offset_reset(&mut self, e: &rdkafka::error::KafkaError) {
+        metrics::counter!("glowd_kafka_errors_total").increment(1);
+        let committed = match self.consumer.committed(Duration::from_secs(10)) {
+            Ok(c) => c,
+            Err(ce) => {
+                tracing::error!(error = %e, committed_error = %ce, "auto.offset.reset=error: offsets lost, partitions unknown");
+                return;
+            }
+        };
+        let mut refused = self.state.reset_refused.lock().unwrap_or_else(|p| p.into_inner());
+        for el in committed.elements() {
+            if matches!(el.offset(), Offset::Offset(_)) {
+                continue;
+            }
+            let tp = TopicPartition::new(el.topic(), el.partition());
+            if refused.insert(tp.clone()) {
+                tracing::error!(partition = %tp, error = %e,
+                    "no committed offset and auto.offset.reset=error: not consuming this partition until its offsets are reset");
+                metrics::gauge!("glowd_offset_reset_refused", "topic" => el.topic().to_string(), "partition" => el.partition().to_string())
+                    .set(1.0);
+            }
+        }
     }
 
     /// Completions → tracker → `store_offsets` of every watermark that moved.
@@ -484,6 +689,9 @@ pub fn dead_letter_headers(l: &DeadLetter) -> Vec<(&'static str, String)> {
     ];
     if let Some(id) = &l.job {
         h.push(("glowd.job.id", id.to_string()));
+    }
+    if let Some(t) = &l.traceparent {
+        h.push(("traceparent", t.clone()));
     }
     if let Some(s) = &l.source {
         h.push(("glowd.source.topic", s.topic.clone()));

@@ -2,7 +2,9 @@
 //! ([`s3::S3Store`]) for inputs and outputs, Kafka reporting ([`kafka::KafkaReporter`]: results topic, DLQ topic with
 //! reason headers), and `/metrics`, `/healthz`, `/readyz` ([`http`]).
 //!
-//! Start-up: the pipeline file is checked, the models are loaded and warmed up on their device threads, the S3
+//! Start-up: the pipeline file is checked, a Kafka broker must answer a metadata request with the configured
+//! security settings (an authentication or TLS failure, or no broker within `kafka.connect_timeout_seconds`, ends
+//! `glowd serve` non-zero with the cause), the models are loaded and warmed up on their device threads, the S3
 //! store's conditional writes are self-tested, and only then does the consumer join the group (a daemon that
 //! cannot do the work never takes partitions from one that can). Stop: SIGTERM or SIGINT stops intake (the
 //! partitions are paused, polling goes on), the jobs in flight drain within `limits.drain_timeout_seconds`, the
@@ -49,6 +51,14 @@ pub fn serve(config_path: &Path) -> Result<RunSummary, String> {
             http::Health { prometheus, ready: ready.clone(), draining: draining.clone(), source: Default::default() };
         let pre = http::serve(&file.http.listen, health.clone()).await?;
         tracing::info!(addr = %pre, "http listening (not ready yet)");
+        // Kafka first, before any model is loaded: a broker must answer with these settings (credentials accepted,
+        // certificate verified) within kafka.connect_timeout_seconds, or the daemon exits non-zero, never ready,
+        // with the cause in one line.
+        let probe = kafka.clone();
+        tokio::task::spawn_blocking(move || kafka::check_brokers(&probe))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("kafka: {e}"))?;
         let workers = tokio::task::spawn_blocking({
             let settings = file.pipeline.clone();
             let models = file.models.clone();
@@ -85,6 +95,21 @@ pub fn serve(config_path: &Path) -> Result<RunSummary, String> {
         tracing::info!(models = workers[0].models.len(), devices = workers.len(), "ready");
         let stop = CancellationToken::new();
         tokio::spawn(signals(stop.clone()));
+        // An error waiting cannot mend (bad credentials, a certificate that does not verify) stops the daemon like
+        // a SIGTERM would, and it then exits non-zero: a crash loop with the reason in the log is what an operator
+        // sees, rather than a pod that runs and never consumes.
+        let fatal_state = source.state.clone();
+        let stop_on_fatal = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(f) = fatal_state.fatal.get() {
+                    tracing::error!(error = %f, "kafka: cannot go on, stopping");
+                    stop_on_fatal.cancel();
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        });
         let stop_for_source = stop.clone();
         let summary = {
             let run = pipeline.run(rx, stop.clone());
@@ -100,7 +125,26 @@ pub fn serve(config_path: &Path) -> Result<RunSummary, String> {
             }
         };
         draining.store(true, Ordering::SeqCst);
-        tokio::task::spawn_blocking(move || source.finish()).await.map_err(|e| e.to_string())?;
+        let state = source.state.clone();
+        if state.fatal.get().is_some() {
+            // The broker refuses this client (credentials, TLS): the final commit and leaving the group cannot
+            // succeed, and librdkafka waits for them up to the group's session timeout (45 s by default). The
+            // consumer thread gets a few seconds, on a plain thread the runtime does not wait for, then the daemon
+            // exits regardless; nothing it could have committed is lost (finished jobs' outputs are create-only).
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                source.finish();
+                let _ = done_tx.send(());
+            });
+            if tokio::time::timeout(std::time::Duration::from_secs(5), done_rx).await.is_err() {
+                tracing::warn!("kafka: the consumer did not close within 5 s (the broker refuses it); exiting anyway");
+            }
+        } else {
+            tokio::task::spawn_blocking(move || source.finish()).await.map_err(|e| e.to_string())?;
+        }
+        if let Some(f) = state.fatal.get() {
+            return Err(format!("kafka: {f}"));
+        }
         let summary = summary.map_err(|e| e.to_string())?;
         tracing::info!(?summary, "stopped");
         Ok(summary)

@@ -50,10 +50,22 @@ impl S3Store {
     /// key is fixed, so only one small object ever exists.
     pub async fn self_test(&self, bucket: &str, key: &str) -> Result<(), String> {
         let body = b"glowd conditional-write probe\n".to_vec();
-        for attempt in 0..2 {
-            match self.put_if_absent(bucket, key, body.clone(), "text/plain").await {
+        let mut attempt = 0;
+        // A transient failure (503 SlowDown, a reset connection) is retried for a while: one bad answer should not
+        // keep a daemon from starting, but a store that is down for good should.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let put = match self.put_if_absent(bucket, key, body.clone(), "text/plain").await {
+                Err(StoreError::Transient(m)) if std::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %m, "S3 self-test: transient failure, retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                other => other,
+            };
+            match put {
                 Ok(PutOutcome::AlreadyExists) => return Ok(()),
-                Ok(PutOutcome::Created) if attempt == 0 => continue,
+                Ok(PutOutcome::Created) if attempt == 0 => attempt = 1,
                 Ok(PutOutcome::Created) => {
                     return Err(format!(
                         "s3://{bucket}/{key}: a second create-only write (If-None-Match: *) succeeded: this store \
@@ -63,12 +75,30 @@ impl S3Store {
                 Err(e) => return Err(format!("s3://{bucket}/{key}: {e}")),
             }
         }
-        unreachable!()
     }
 }
 
-fn classify<E: std::fmt::Debug>(e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> (Option<u16>, String) {
+/// Error codes of a 400 that say the request was damaged on its way (a body whose checksum or signed hash does
+/// not match, a body that stopped arriving), not that it was wrong: sending it again is the remedy (G13).
+const DAMAGED_IN_TRANSIT: [&str; 6] = [
+    "BadDigest",
+    "InvalidDigest",
+    "XAmzContentSHA256Mismatch",
+    "XAmzContentChecksumMismatch",
+    "IncompleteBody",
+    "RequestTimeout",
+];
+
+fn classify<E>(e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> (Option<u16>, String)
+where
+    E: std::fmt::Debug + aws_sdk_s3::error::ProvideErrorMetadata,
+{
     let status = e.raw_response().map(|r| r.status().as_u16());
+    if let SdkError::ServiceError(s) = e {
+        if let Some(code) = s.err().code().filter(|c| DAMAGED_IN_TRANSIT.contains(c)) {
+            return (status, format!("{DAMAGED}: {code}"));
+        }
+    }
     let message = match e {
         SdkError::ServiceError(s) => format!("{:?}", s.err()).chars().take(300).collect(),
         SdkError::TimeoutError(_) => "timed out".into(),
@@ -80,8 +110,12 @@ fn classify<E: std::fmt::Debug>(e: &SdkError<E, aws_sdk_s3::config::http::HttpRe
     (status, message)
 }
 
+/// How [`classify`] starts the message of a request that was damaged on its way.
+const DAMAGED: &str = "damaged in transit";
+
 fn store_error(status: Option<u16>, message: String) -> StoreError {
     match status {
+        Some(400) if message.starts_with(DAMAGED) => StoreError::Transient(format!("HTTP 400: {message}")),
         Some(404) => StoreError::NotFound,
         Some(401 | 403) => StoreError::Denied(message),
         Some(400) => StoreError::Denied(format!("bad request: {message}")),
@@ -95,7 +129,16 @@ fn store_error(status: Option<u16>, message: String) -> StoreError {
 impl ObjectStore for S3Store {
     fn get<'a>(&'a self, bucket: &'a str, key: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<Vec<u8>, StoreError>> {
         Box::pin(async move {
-            let resp = match self.client.get_object().bucket(bucket).key(key).send().await {
+            // Checksum mode: an object stored with a checksum (every output of glowd) is verified as it is read.
+            let resp = match self
+                .client
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+                .send()
+                .await
+            {
                 Ok(r) => r,
                 Err(e) => {
                     if let SdkError::ServiceError(s) = &e {

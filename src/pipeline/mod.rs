@@ -55,12 +55,34 @@ pub struct Envelope {
     pub ack: Option<Ack>,
     /// When the source handed it over (for `queued_seconds`).
     pub received: Instant,
+    /// The job message's W3C `traceparent` header, carried to its log span and its dead letter.
+    pub traceparent: Option<String>,
 }
 
 impl Envelope {
     pub fn new(payload: Vec<u8>, source: Option<SourcePosition>, ack: Option<Ack>) -> Self {
-        Envelope { payload, source, ack, received: Instant::now() }
+        Envelope { payload, source, ack, received: Instant::now(), traceparent: None }
     }
+
+    /// Keeps `value` as the trace context when it has the W3C shape (`00-<32 hex>-<16 hex>-<2 hex>`); anything
+    /// else is dropped rather than passed on.
+    pub fn with_traceparent(mut self, value: Option<&[u8]>) -> Self {
+        self.traceparent = value.and_then(|v| std::str::from_utf8(v).ok()).filter(|v| is_traceparent(v)).map(str::to_string);
+        self
+    }
+}
+
+fn is_traceparent(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    parts.len() == 4 && hex(parts[0], 2) && hex(parts[1], 32) && hex(parts[2], 16) && hex(parts[3], 2)
+}
+
+/// Where a job's message came from: its position and its trace context.
+#[derive(Clone, Copy)]
+struct Origin<'a> {
+    source: Option<&'a SourcePosition>,
+    traceparent: Option<&'a str>,
 }
 
 /// How a job ended.
@@ -231,8 +253,8 @@ impl Pipeline {
 
     async fn handle(&self, envelope: Envelope) {
         self.counters.jobs.fetch_add(1, Ordering::Relaxed);
-        let Envelope { payload, source, ack, received } = envelope;
-        let outcome = self.process(&payload, source.as_ref(), received).await;
+        let Envelope { payload, source, ack, received, traceparent } = envelope;
+        let outcome = self.process(&payload, source.as_ref(), received, traceparent.as_deref()).await;
         match outcome {
             Outcome::Done => {
                 self.counters.done.fetch_add(1, Ordering::Relaxed);
@@ -258,7 +280,13 @@ impl Pipeline {
         self.abandon.cancel();
     }
 
-    async fn process(&self, payload: &[u8], source: Option<&SourcePosition>, received: Instant) -> Outcome {
+    async fn process(
+        &self,
+        payload: &[u8],
+        source: Option<&SourcePosition>,
+        received: Instant,
+        traceparent: Option<&str>,
+    ) -> Outcome {
         let started = Instant::now();
         let mut timings =
             Timings { queued_seconds: Some(started.duration_since(received).as_secs_f64()), ..Timings::default() };
@@ -267,13 +295,14 @@ impl Pipeline {
             Err(e) => {
                 let id = job::peek_id(payload, self.settings.jobs.max_payload_bytes);
                 let failure = StageError::from(&e);
-                return self.dead_letter(payload, id.as_ref(), None, &failure, source, 1, timings).await;
+                let at = Origin { source, traceparent };
+                return self.dead_letter(payload, id.as_ref(), None, &failure, at, 1, timings).await;
             }
         };
         let span = tracing::info_span!("job", id = %job.id, kind = %job.kind(),
             topic = source.map(|s| s.topic.as_str()).unwrap_or(""),
             partition = source.map(|s| s.partition).unwrap_or(-1),
-            offset = source.map(|s| s.offset).unwrap_or(-1));
+            offset = source.map(|s| s.offset).unwrap_or(-1), traceparent = traceparent.unwrap_or(""));
         let result = tracing::Instrument::instrument(self.run_job(&job, &mut timings), span.clone()).await;
         timings.total_seconds = Some(started.elapsed().as_secs_f64());
         metrics::histogram!("glowd_job_seconds", "kind" => job.kind().as_str()).record(started.elapsed().as_secs_f64());
@@ -313,7 +342,8 @@ impl Pipeline {
                 Outcome::Abandoned
             }
             Err((e, attempts)) => {
-                self.dead_letter(payload, Some(&job.id), Some(&job), &e, source, attempts, timings).await
+                let at = Origin { source, traceparent };
+                self.dead_letter(payload, Some(&job.id), Some(&job), &e, at, attempts, timings).await
             }
         }
     }
@@ -325,10 +355,11 @@ impl Pipeline {
         id: Option<&JobId>,
         job: Option<&Job>,
         e: &StageError,
-        source: Option<&SourcePosition>,
+        at: Origin<'_>,
         attempts: u32,
         timings: Timings,
     ) -> Outcome {
+        let source = at.source;
         tracing::warn!(job = id.map(|i| i.as_str()).unwrap_or("-"), kind = e.kind, stage = ?e.stage,
             topic = source.map(|s| s.topic.as_str()).unwrap_or(""), partition = source.map(|s| s.partition).unwrap_or(-1),
             offset = source.map(|s| s.offset).unwrap_or(-1), error = %e.message, "dead-lettered");
@@ -339,6 +370,7 @@ impl Pipeline {
             error: failure.clone(),
             source: source.cloned(),
             attempts,
+            traceparent: at.traceparent.map(str::to_string),
         };
         let record = JobResult {
             version: job::report::V1,
@@ -848,4 +880,26 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .thread_name("glowd-pipeline")
         .build()
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod traceparent_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_w3c_shaped_traceparent_is_carried() {
+        let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let e = |v: &str| Envelope::new(vec![], None, None).with_traceparent(Some(v.as_bytes())).traceparent;
+        assert_eq!(e(ok).as_deref(), Some(ok));
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\nx: y",
+        ] {
+            assert_eq!(e(bad), None, "{bad:?}");
+        }
+        assert_eq!(Envelope::new(vec![], None, None).with_traceparent(Some(&[0xff, 0xfe])).traceparent, None);
+    }
 }

@@ -16,6 +16,8 @@ pub struct DeadLetter {
     pub source: Option<SourcePosition>,
     /// Attempts made at the failing stage (1 unless it was retried).
     pub attempts: u32,
+    /// The job message's W3C trace context, passed on so a trace continues into the DLQ.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
