@@ -166,7 +166,10 @@ fn dev_stack() -> DevStack {
             .unwrap_or_else(|| panic!("scripts/dev-stack sets no {name}"))
     };
     let topics = parse_topics(var("TOPICS").trim_start_matches('(').trim_end_matches(')'));
-    let exported = text
+    // What `dev-stack env` prints: the exports of `print_env` (not `print_secure_env`'s, whose broker is for the
+    // TLS/SASL tests only and has no place in the compose stack).
+    let print_env = text.split("print_env() {").nth(1).and_then(|t| t.split("\n}").next()).expect("dev-stack has print_env");
+    let exported = print_env
         .lines()
         .filter_map(|l| l.strip_prefix("export "))
         .filter_map(|l| l.split_once('='))

@@ -65,7 +65,7 @@ impl FaultProxy {
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let counts = Arc::new(Counts::default());
-        let faults = Arc::new(Mutex::new(faults));
+        let faults = Arc::new(faults);
         let (c, f, up) = (counts.clone(), faults, upstream.to_string());
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -98,7 +98,7 @@ async fn connection(
     client: TcpStream,
     upstream: &str,
     counts: Arc<Counts>,
-    faults: Arc<Mutex<Faults>>,
+    faults: Arc<Faults>,
     rng: Arc<Mutex<u64>>,
 ) -> std::io::Result<()> {
     let server = TcpStream::connect(upstream).await?;
@@ -149,7 +149,7 @@ async fn connection(
             counts.requests.fetch_add(1, Ordering::Relaxed);
             let is_put = text.starts_with("PUT ");
             let conditional = is_put && header("if-none-match").is_some();
-            let f = faults.lock().unwrap().clone();
+            let f = &faults;
             let answer = |status: &str, code: &str| {
                 let xml = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected by the fault proxy</Message></Error>");
                 format!(
