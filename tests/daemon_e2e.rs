@@ -7,8 +7,11 @@
 //! Each test uses its own topics, consumer group and key prefixes, so tests (and reruns) never see each other's
 //! records. They run one at a time (a lock): two daemons and the broker on two cores would only be slower.
 mod common;
+#[path = "common/e2e.rs"]
+mod e2e;
 #[path = "common/fault_proxy.rs"]
 mod fault_proxy;
+use e2e::{free_port, http_get, runtime, serial, Names};
 use aws_sdk_s3::primitives::ByteStream;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -20,7 +23,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The dev stack's `scripts/dev-stack env`, started once per test binary (idempotent).
@@ -40,53 +43,8 @@ fn stack() -> &'static HashMap<String, String> {
     })
 }
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
-
-struct Names {
-    jobs: String,
-    results: String,
-    dlq: String,
-    group: String,
-    inputs: String,
-    outputs: String,
-}
-
-impl Names {
-    /// A second consumer of the same jobs topic and inputs, with its own results topic, group and outputs
-    /// (`…-<tag>`, `…/<tag>`); the DLQ topic is shared.
-    fn variant(&self, tag: &str) -> Names {
-        Names {
-            jobs: self.jobs.clone(),
-            results: format!("{}-{tag}", self.results),
-            dlq: self.dlq.clone(),
-            group: format!("{}-{tag}", self.group),
-            inputs: self.inputs.clone(),
-            outputs: format!("{}/{tag}", self.outputs),
-        }
-    }
-}
-
 fn names(test: &str) -> Names {
-    let tag = format!(
-        "{test}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
-    );
-    Names {
-        jobs: format!("e2e.{tag}.jobs"),
-        results: format!("e2e.{tag}.results"),
-        dlq: format!("e2e.{tag}.dlq"),
-        group: format!("e2e-{tag}"),
-        inputs: format!("e2e-in/{tag}"),
-        outputs: format!("e2e-out/{tag}"),
-    }
+    Names::new("e2e", test)
 }
 
 fn brokers() -> String {
@@ -111,22 +69,7 @@ async fn create_topics(n: &Names) {
 }
 
 async fn s3() -> aws_sdk_s3::Client {
-    let env = stack();
-    let creds = aws_sdk_s3::config::Credentials::new(
-        &env["AWS_ACCESS_KEY_ID"],
-        &env["AWS_SECRET_ACCESS_KEY"],
-        None,
-        None,
-        "test",
-    );
-    let conf = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new(env["AWS_REGION"].clone()))
-        .endpoint_url(&env["S3_ENDPOINT"])
-        .force_path_style(true)
-        .credentials_provider(creds)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
+    e2e::s3_client(stack())
 }
 
 async fn put(client: &aws_sdk_s3::Client, key: &str, body: Vec<u8>) {
@@ -136,10 +79,6 @@ async fn put(client: &aws_sdk_s3::Client, key: &str, body: Vec<u8>) {
 async fn get(client: &aws_sdk_s3::Client, key: &str) -> Option<Vec<u8>> {
     let r = client.get_object().bucket(bucket()).key(key).send().await.ok()?;
     Some(r.body.collect().await.unwrap().into_bytes().to_vec())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 struct Daemon {
@@ -205,18 +144,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A plain HTTP/1.1 GET: (status, body).
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, out.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default()))
 }
 
 fn config(dir: &Path, n: &Names, model: &Path, port: u16) -> PathBuf {

@@ -11,6 +11,9 @@
 //!
 //! Tests run one at a time (a lock), each with its own topics, group and key prefixes.
 mod common;
+#[path = "common/e2e.rs"]
+mod e2e;
+use e2e::{free_port, http_get, runtime, serial, Names};
 use aws_sdk_s3::primitives::ByteStream;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -53,38 +56,8 @@ fn stack() -> &'static HashMap<String, String> {
     })
 }
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
-
-struct Names {
-    jobs: String,
-    results: String,
-    dlq: String,
-    group: String,
-    inputs: String,
-    outputs: String,
-}
-
 fn names(test: &str) -> Names {
-    let tag = format!(
-        "{test}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
-    );
-    Names {
-        jobs: format!("sec.{tag}.jobs"),
-        results: format!("sec.{tag}.results"),
-        dlq: format!("sec.{tag}.dlq"),
-        group: format!("sec-{tag}"),
-        inputs: format!("sec-in/{tag}"),
-        outputs: format!("sec-out/{tag}"),
-    }
+    Names::new("sec", test)
 }
 
 fn bucket() -> String {
@@ -145,38 +118,7 @@ fn consume(topic: &str, want: usize, timeout: Duration) -> Vec<Vec<u8>> {
 }
 
 async fn s3() -> aws_sdk_s3::Client {
-    let env = stack();
-    let creds = aws_sdk_s3::config::Credentials::new(
-        &env["AWS_ACCESS_KEY_ID"],
-        &env["AWS_SECRET_ACCESS_KEY"],
-        None,
-        None,
-        "test",
-    );
-    let conf = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new(env["AWS_REGION"].clone()))
-        .endpoint_url(&env["S3_ENDPOINT"])
-        .force_path_style(true)
-        .credentials_provider(creds)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A plain HTTP/1.1 GET: (status, body).
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, out.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default()))
+    e2e::s3_client(stack())
 }
 
 /// The pipeline file: `brokers` and `[kafka.properties]` as given (`sasl.password` as `${GLOWD_TEST_KAFKA_PASSWORD}`,
