@@ -1818,6 +1818,89 @@ fn bench_encode_jobs_through_kafka_and_s3() {
 /// Peak RSS of the daemon after 1,000 jobs with a 1k and with a 100k backlog in the topic (not part of the suite:
 /// `cargo test --release --test daemon_e2e -- --ignored --nocapture bench_rss`). The consumer's prefetch, the
 /// pipeline's in-flight limit and its channels are bounded, so the backlog must not show in memory.
+/// G7, the soak: jobs arrive at twice the rate the daemon finishes them (re-measured every 10 s), for
+/// `GLOWD_SOAK_MINUTES` (60) minutes, so the backlog grows the whole time. The daemon's RSS is sampled every 30 s;
+/// after the first sixth (warm-up) its least-squares slope must stay under 5 MiB/h, and results must keep coming
+/// in every interval (no stall). Not in the suite: `GLOWD_SOAK_MINUTES=60 cargo test --release --test daemon_e2e --
+/// --ignored --nocapture soak`.
+#[test]
+#[ignore]
+fn soak_at_twice_the_throughput_keeps_memory_flat() {
+    let _serial = serial();
+    let minutes: f64 = std::env::var("GLOWD_SOAK_MINUTES").ok().and_then(|v| v.parse().ok()).unwrap_or(60.0);
+    let tmp = tempfile::tempdir().unwrap();
+    let n = names("soak");
+    // The heavier test model: tens of jobs per second, so an hour stays within what MinIO and the disk hold.
+    let model = common::pipeline::model_with_directions_of(tmp.path(), &HEAVY);
+    let rt = runtime();
+    rt.block_on(create_topics(&n));
+    let port = free_port();
+    let daemon = Daemon::start(&config(tmp.path(), &n, &model, port), &tmp.path().join("daemon.log"), port);
+    let results: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("soak-reader-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    results.subscribe(&[&n.results]).unwrap();
+    let rss_mib = || -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id())).unwrap();
+        let kib: f64 = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib / 1024.0
+    };
+    let (t0, end) = (Instant::now(), Duration::from_secs_f64(minutes * 60.0));
+    let (mut produced, mut done, mut done_at_window) = (0usize, 0usize, 0usize);
+    let (mut window, mut sample_at) = (Instant::now(), Instant::now());
+    let mut per_second = 20usize;
+    let mut samples: Vec<(f64, f64)> = Vec::new();
+    let (mut stalls, mut done_at_sample) = (0usize, 0usize);
+    while t0.elapsed() < end {
+        let second = Instant::now();
+        let batch: Vec<String> = (produced..produced + per_second)
+            .map(|i| job(&format!("soak-{i}"), "sample", json!({"n": 1, "seed": i % 97})))
+            .collect();
+        rt.block_on(produce(&n.jobs, &batch));
+        produced += per_second;
+        while second.elapsed() < Duration::from_secs(1) {
+            if let Some(Ok(_)) = results.poll(Duration::from_millis(50)) {
+                done += 1;
+            }
+        }
+        if window.elapsed() >= Duration::from_secs(10) {
+            // Twice what was finished over the last 10 s, so the backlog keeps growing.
+            let rate = (done - done_at_window) as f64 / window.elapsed().as_secs_f64();
+            per_second = ((2.0 * rate).ceil() as usize).max(10);
+            done_at_window = done;
+            window = Instant::now();
+        }
+        if sample_at.elapsed() >= Duration::from_secs(30) {
+            if done == done_at_sample {
+                stalls += 1;
+            }
+            done_at_sample = done;
+            samples.push((t0.elapsed().as_secs_f64() / 3600.0, rss_mib()));
+            sample_at = Instant::now();
+        }
+    }
+    let log = daemon.log_text();
+    assert!(daemon.stop().success(), "{log}");
+    let after: Vec<(f64, f64)> = samples.iter().cloned().filter(|(h, _)| *h >= minutes / 60.0 / 6.0).collect();
+    assert!(after.len() >= 3, "too few samples after warm-up: {samples:?}");
+    let mean = |f: &dyn Fn(&(f64, f64)) -> f64| after.iter().map(f).sum::<f64>() / after.len() as f64;
+    let (mh, mr) = (mean(&|s| s.0), mean(&|s| s.1));
+    let slope = after.iter().map(|(h, r)| (h - mh) * (r - mr)).sum::<f64>() / after.iter().map(|(h, _)| (h - mh).powi(2)).sum::<f64>();
+    let (min, max) = after.iter().fold((f64::MAX, 0.0f64), |(a, b), (_, r)| (a.min(*r), b.max(*r)));
+    println!(
+        "soak: {minutes} min at twice the throughput: {produced} jobs produced, {done} done (backlog {}), RSS after \
+         warm-up {min:.0}–{max:.0} MiB, slope {slope:+.2} MiB/h, {stalls} intervals of 30 s without a result",
+        produced - done
+    );
+    assert!(produced > done + 100, "the load never outran the daemon: {produced} produced, {done} done");
+    assert_eq!(stalls, 0, "results stopped for a 30-s interval {stalls} times\n{log}");
+    assert!(slope.abs() < 5.0, "RSS slope {slope:.2} MiB/h over {after:?}");
+}
+
 #[test]
 #[ignore]
 fn bench_rss_with_a_1k_and_a_100k_backlog() {
