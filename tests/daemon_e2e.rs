@@ -11,7 +11,7 @@ mod common;
 mod e2e;
 #[path = "common/fault_proxy.rs"]
 mod fault_proxy;
-use e2e::{free_port, http_get, runtime, serial, Names};
+use e2e::{free_port, http_get, job, runtime, serial, Daemon, Names};
 use aws_sdk_s3::primitives::ByteStream;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -22,25 +22,14 @@ use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The dev stack's `scripts/dev-stack env`, started once per test binary (idempotent).
 fn stack() -> &'static HashMap<String, String> {
     static STACK: OnceLock<HashMap<String, String>> = OnceLock::new();
-    STACK.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dev-stack");
-        let up = Command::new(&script).arg("up").output().expect("scripts/dev-stack runs");
-        assert!(up.status.success(), "dev-stack up failed:\n{}", String::from_utf8_lossy(&up.stderr));
-        let env = Command::new(&script).arg("env").output().expect("dev-stack env");
-        assert!(env.status.success());
-        String::from_utf8_lossy(&env.stdout)
-            .split_whitespace()
-            .filter_map(|w| w.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.trim_matches(|c| c == '"' || c == '\'').to_string()))
-            .collect()
-    })
+    STACK.get_or_init(|| e2e::dev_stack(&[("up", "env")]))
 }
 
 fn names(test: &str) -> Names {
@@ -81,126 +70,20 @@ async fn get(client: &aws_sdk_s3::Client, key: &str) -> Option<Vec<u8>> {
     Some(r.body.collect().await.unwrap().into_bytes().to_vec())
 }
 
-struct Daemon {
-    child: Child,
-    log: PathBuf,
+/// `glowd serve` against the dev stack, once `/readyz` says 200.
+fn start_daemon(config: &Path, log: &Path, port: u16) -> Daemon {
+    start_daemon_with(config, &[], log, port)
 }
 
-impl Daemon {
-    fn start(config: &Path, log: &Path, port: u16) -> Daemon {
-        Daemon::start_with(config, &[], log, port)
-    }
-
-    /// With extra environment (`GLOWD__…` overrides, the dev stack's variables).
-    fn start_with(config: &Path, envs: &[(String, String)], log: &Path, port: u16) -> Daemon {
-        let d = Daemon::spawn(config, envs, log);
-        let t0 = Instant::now();
-        while http_get(port, "/readyz").map(|(s, _)| s) != Some(200) {
-            assert!(t0.elapsed() < Duration::from_secs(180), "not ready in 180 s:\n{}", d.log_text());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        d
-    }
-
-    /// Starts `glowd serve` without waiting for readiness.
-    fn spawn(config: &Path, envs: &[(String, String)], log: &Path) -> Daemon {
-        let env = stack();
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_glowd"))
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .env("GLOWD_LOG", "info")
-            .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("AWS_ACCESS_KEY_ID", &env["AWS_ACCESS_KEY_ID"])
-            .env("AWS_SECRET_ACCESS_KEY", &env["AWS_SECRET_ACCESS_KEY"])
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        Daemon { child, log: log.to_path_buf() }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let t0 = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(t0.elapsed() < Duration::from_secs(60), "no exit 60 s after SIGTERM:\n{}", self.log_text());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// With extra environment (`GLOWD__…` overrides, the dev stack's variables).
+fn start_daemon_with(config: &Path, envs: &[(String, String)], log: &Path, port: u16) -> Daemon {
+    let daemon = Daemon::spawn(config, stack(), envs, log);
+    daemon.wait_ready(port);
+    daemon
 }
 
 fn config(dir: &Path, n: &Names, model: &Path, port: u16) -> PathBuf {
-    let env = stack();
-    let text = format!(
-        r#"
-[kafka]
-brokers = "{brokers}"
-group = "{group}"
-jobs_topic = "{jobs}"
-results_topic = "{results}"
-dlq_topic = "{dlq}"
-pause_grace_ms = 200
-
-[s3]
-endpoint = "{endpoint}"
-region = "{region}"
-allowed_inputs = [{{ bucket = "{bucket}", prefix = "{inputs}" }}]
-
-[http]
-listen = "127.0.0.1:{port}"
-
-[[models]]
-name = "faces"
-version = "1"
-path = "{model}"
-
-[batching]
-max_batch = 4
-threads = 1
-
-[limits]
-max_in_flight_jobs = 16
-drain_timeout_seconds = 20
-
-[retry]
-max_elapsed_seconds = 30
-
-[output]
-bucket = "{bucket}"
-prefix = "{outputs}"
-"#,
-        brokers = brokers(),
-        group = n.group,
-        jobs = n.jobs,
-        results = n.results,
-        dlq = n.dlq,
-        endpoint = env["S3_ENDPOINT"],
-        region = env["AWS_REGION"],
-        bucket = bucket(),
-        inputs = n.inputs,
-        outputs = n.outputs,
-        model = model.display(),
-    );
-    let path = dir.join("pipeline.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    e2e::pipeline_toml(dir, n, model, port, stack(), &brokers(), &[])
 }
 
 async fn produce(topic: &str, payloads: &[String]) {
@@ -270,14 +153,6 @@ fn consume(topic: &str, want: usize, timeout: Duration, settle: Duration) -> Vec
             out.push(Record { payload: m.payload().unwrap_or_default().to_vec(), headers });
         }
     }
-}
-
-fn job(id: &str, kind: &str, extra: Value) -> String {
-    let mut v = json!({"version": 1, "id": id, "kind": kind, "model": {"name": "faces", "version": "1"}});
-    for (k, x) in extra.as_object().unwrap() {
-        v[k] = x.clone();
-    }
-    v.to_string()
 }
 
 #[test]
@@ -355,7 +230,7 @@ fn every_kind_end_to_end_and_bad_inputs_to_the_dlq() {
 
     let port = free_port();
     let cfg = config(tmp.path(), &n, &model, port);
-    let daemon = Daemon::start(&cfg, &tmp.path().join("daemon.log"), port);
+    let daemon = start_daemon(&cfg, &tmp.path().join("daemon.log"), port);
     rt.block_on(produce(&n.jobs, &all));
     let results = consume(&n.results, all.len(), Duration::from_secs(240), Duration::from_secs(1));
     let dlq = consume(&n.dlq, bad.len(), Duration::from_secs(30), Duration::from_secs(1));
@@ -442,7 +317,7 @@ fn restart_after_a_clean_stop_reprocesses_nothing() {
     let cfg = config(tmp.path(), &n, &model, port);
     let log = tmp.path().join("daemon.log");
 
-    let daemon = Daemon::start(&cfg, &log, port);
+    let daemon = start_daemon(&cfg, &log, port);
     rt.block_on(produce(&n.jobs, &first));
     let results = consume(&n.results, first.len(), Duration::from_secs(180), Duration::ZERO);
     assert_eq!(results.len(), first.len(), "{}", daemon.log_text());
@@ -450,7 +325,7 @@ fn restart_after_a_clean_stop_reprocesses_nothing() {
     assert!(exit.success(), "{exit:?}");
 
     rt.block_on(produce(&n.jobs, &second));
-    let daemon = Daemon::start(&cfg, &log, port);
+    let daemon = start_daemon(&cfg, &log, port);
     let results = consume(&n.results, first.len() + second.len(), Duration::from_secs(180), Duration::from_secs(5));
     let exit = daemon.stop();
     assert!(exit.success(), "{exit:?}");
@@ -518,7 +393,7 @@ fn sigterm_bounces(test: &str, bounces: usize, jobs_per_bounce: usize) -> Bounce
     let mut counter = ResultCounter::new(&n.results);
     let mut exit_seconds = Vec::new();
     for b in 0..bounces {
-        let daemon = Daemon::start(&cfg, &log, port);
+        let daemon = start_daemon(&cfg, &log, port);
         let target = counter.done() + jobs_per_bounce / 2;
         counter.poll_until(Duration::from_secs(120), |m| m.values().sum::<usize>() >= target);
         assert!(counter.done() >= target, "bounce {b}: no results flowing");
@@ -527,7 +402,7 @@ fn sigterm_bounces(test: &str, bounces: usize, jobs_per_bounce: usize) -> Bounce
         exit_seconds.push(t0.elapsed().as_secs_f64());
         assert!(exit.success(), "bounce {b}: {exit:?}\n{}", std::fs::read_to_string(&log).unwrap_or_default());
     }
-    let daemon = Daemon::start(&cfg, &log, port);
+    let daemon = start_daemon(&cfg, &log, port);
     let want = ids.len();
     counter.poll_until(Duration::from_secs(300), |m| m.len() >= want);
     counter.poll_until(Duration::from_secs(3), |_| false);
@@ -601,7 +476,7 @@ fn s3_down_for_a_while_loses_nothing_and_holds_offsets() {
     let jobs: Vec<String> = (0..10).map(|i| job(&format!("o-{i}"), "sample", json!({"n": 1}))).collect();
     let port = free_port();
     let cfg = config(tmp.path(), &n, &model, port);
-    let daemon = Daemon::start(&cfg, &tmp.path().join("daemon.log"), port);
+    let daemon = start_daemon(&cfg, &tmp.path().join("daemon.log"), port);
     dev_stack("stop-s3");
     rt.block_on(produce(&n.jobs, &jobs));
     std::thread::sleep(Duration::from_secs(6));
@@ -638,7 +513,7 @@ fn a_backlog_beyond_the_in_flight_limit_pauses_and_resumes_the_partitions() {
         .replace("max_in_flight_jobs = 16", "max_in_flight_jobs = 2")
         .replace("pause_grace_ms = 200", "pause_grace_ms = 50\nbuffer = 2");
     std::fs::write(&cfg, text).unwrap();
-    let daemon = Daemon::start(&cfg, &tmp.path().join("daemon.log"), port);
+    let daemon = start_daemon(&cfg, &tmp.path().join("daemon.log"), port);
     let results = consume(&n.results, jobs.len(), Duration::from_secs(180), Duration::from_secs(1));
     let log = daemon.log_text();
     assert!(daemon.stop().success(), "{log}");
@@ -829,7 +704,7 @@ fn sigkill_during_a_batch_then_restart_writes_every_output_identical_to_a_clean_
     rt.block_on(create_topic(&reference.results, 1));
     let dir = tmp.path().join("ref");
     std::fs::create_dir_all(&dir).unwrap();
-    let daemon = Daemon::start(&config(&dir, &reference, &model, port), &dir.join("daemon.log"), port);
+    let daemon = start_daemon(&config(&dir, &reference, &model, port), &dir.join("daemon.log"), port);
     let seen = done_results(&reference.results, &ids, Duration::from_secs(240));
     let log = daemon.log_text();
     assert!(daemon.stop().success(), "{log}");
@@ -842,13 +717,13 @@ fn sigkill_during_a_batch_then_restart_writes_every_output_identical_to_a_clean_
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = config(&dir, &crashed, &model, port);
     short_session(&cfg);
-    let mut daemon = Daemon::start(&cfg, &dir.join("daemon.log"), port);
+    let mut daemon = start_daemon(&cfg, &dir.join("daemon.log"), port);
     let first = done_results(&crashed.results, &ids[..1], Duration::from_secs(120));
     assert!(!first.is_empty(), "no result before the kill:\n{}", daemon.log_text());
     daemon.child.kill().unwrap(); // SIGKILL: no drain, no commit
     daemon.child.wait().unwrap();
     let before_restart = committed(&crashed, 3).iter().sum::<i64>();
-    let daemon = Daemon::start(&cfg, &dir.join("daemon.log"), port);
+    let daemon = start_daemon(&cfg, &dir.join("daemon.log"), port);
     let seen = done_results(&crashed.results, &ids, Duration::from_secs(240));
     // The restarted daemon redoes what the killed one had not committed (outputs that exist answer 412).
     let after = wait_committed(&crashed, ids.len() as i64, Duration::from_secs(120));
@@ -904,7 +779,7 @@ fn rebalance_mid_run(test: &str, group_protocol: Option<&str>) {
             None => short_session(cfg),
         }
     }
-    let a = Daemon::start(&cfg_a, &dir_a.join("daemon.log"), port_a);
+    let a = start_daemon(&cfg_a, &dir_a.join("daemon.log"), port_a);
     // Jobs arrive steadily (10 every 0.4 s, about 6 s in all), so both rebalances happen with jobs in flight.
     let topic = n.jobs.clone();
     let producer = std::thread::spawn(move || {
@@ -916,7 +791,7 @@ fn rebalance_mid_run(test: &str, group_protocol: Option<&str>) {
     });
     assert!(!done_results(&n.results, &ids[..1], Duration::from_secs(120)).is_empty(), "{}", a.log_text());
     // B joins while A is mid-run (partitions move to B), then A leaves (its partitions move to B).
-    let b = Daemon::start(&cfg_b, &dir_b.join("daemon.log"), port_b);
+    let b = start_daemon(&cfg_b, &dir_b.join("daemon.log"), port_b);
     // Until the group has moved partitions to B (under KIP-848 the broker does it on a heartbeat, every few s).
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(30)
@@ -954,7 +829,7 @@ fn broker_down_mid_run_fails_readiness_then_loses_nothing() {
     rt.block_on(produce(&n.jobs, &jobs));
     let port = free_port();
     let cfg = config(tmp.path(), &n, &model, port);
-    let daemon = Daemon::start(&cfg, &tmp.path().join("daemon.log"), port);
+    let daemon = start_daemon(&cfg, &tmp.path().join("daemon.log"), port);
     assert!(!done_results(&n.results, &ids[..1], Duration::from_secs(120)).is_empty(), "{}", daemon.log_text());
     dev_stack("stop-kafka");
     let t0 = Instant::now();
@@ -1049,7 +924,7 @@ fn a_dlq_that_refuses_records_holds_the_offsets_until_the_dead_letters_are_durab
     }
     let port = free_port();
     let cfg = config(tmp.path(), &n, &model, port);
-    let daemon = Daemon::start(&cfg, &tmp.path().join("daemon.log"), port);
+    let daemon = start_daemon(&cfg, &tmp.path().join("daemon.log"), port);
     let seen = done_results(&n.results, &ids, Duration::from_secs(180));
     assert_eq!(seen.len(), ids.len(), "good jobs must not wait for the DLQ\n{}", daemon.log_text());
     // Auto-commit runs every second: give it a few rounds to commit anything it (wrongly) could.
@@ -1097,7 +972,7 @@ fn lost_group_offsets_with_reset_error_are_refused_not_silently_reset() {
     let port = free_port();
     let cfg = config(tmp.path(), &n, &model, port);
     short_session(&cfg);
-    let daemon = Daemon::start(&cfg, &tmp.path().join("daemon.log"), port);
+    let daemon = start_daemon(&cfg, &tmp.path().join("daemon.log"), port);
     assert_eq!(done_results(&n.results, &ids[..6], Duration::from_secs(120)).len(), 6, "{}", daemon.log_text());
     assert_eq!(wait_committed(&n, 6, Duration::from_secs(30)), 6);
     assert!(daemon.stop().success());
@@ -1119,7 +994,7 @@ fn lost_group_offsets_with_reset_error_are_refused_not_silently_reset() {
     }
     rt.block_on(produce(&n.jobs, second));
     kafka_properties(&cfg, &[("auto.offset.reset", "error")]);
-    let daemon = Daemon::spawn(&cfg, &[], &tmp.path().join("daemon2.log"));
+    let daemon = Daemon::spawn(&cfg, stack(), &[], &tmp.path().join("daemon2.log"));
     let t0 = Instant::now();
     let mut refused = None;
     while t0.elapsed() < Duration::from_secs(90) && refused.is_none() {
@@ -1182,7 +1057,7 @@ fn s3_faults_and_flipped_bytes_through_a_proxy_lose_nothing_and_store_nothing_co
     let cfg = config(tmp.path(), &n, &model, port);
     s3_endpoint(&cfg, proxy.port);
     rt.block_on(produce(&n.jobs, &jobs));
-    let daemon = Daemon::start(&cfg, &tmp.path().join("daemon.log"), port);
+    let daemon = start_daemon(&cfg, &tmp.path().join("daemon.log"), port);
     let seen = done_results(&n.results, &ids, Duration::from_secs(300));
     let all = wait_committed(&n, ids.len() as i64, Duration::from_secs(60));
     let metrics = http_get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
@@ -1236,7 +1111,7 @@ fn a_store_that_ignores_conditional_writes_is_refused_at_start() {
     let port = free_port();
     let cfg = config(tmp.path(), &n, &model, port);
     s3_endpoint(&cfg, proxy.port);
-    let mut daemon = Daemon::spawn(&cfg, &[], &tmp.path().join("daemon.log"));
+    let mut daemon = Daemon::spawn(&cfg, stack(), &[], &tmp.path().join("daemon.log"));
     let t0 = Instant::now();
     let mut ever_ready = false;
     let status = loop {
@@ -1315,7 +1190,7 @@ fn the_three_pipelines_end_to_end_over_real_faces() {
         let envs = base_env(name, port);
         let (st, out, err) = glowd(&["validate", file_arg], &envs);
         assert!(st.success(), "{name}: validate: {out}{err}");
-        let daemon = Daemon::start_with(&file, &envs, &tmp.path().join(format!("{name}.log")), port);
+        let daemon = start_daemon_with(&file, &envs, &tmp.path().join(format!("{name}.log")), port);
         // A fixed run id: job ids, and so the seeds of the augmentations, are the same on every run of the test.
         let run_arg = format!("e2e-{name}");
         let (st, run, err) = glowd(&["submit", "--pipeline", file_arg, "--prefix", &prefix, "--run", &run_arg], &envs);
@@ -1442,7 +1317,7 @@ fn credentials_never_appear_in_logs_at_trace_level() {
     );
     std::fs::write(&cfg, text).unwrap();
     let log = tmp.path().join("daemon.log");
-    let daemon = Daemon::start_with(&cfg, &[("GLOWD_LOG".into(), "trace".into())], &log, port);
+    let daemon = start_daemon_with(&cfg, &[("GLOWD_LOG".into(), "trace".into())], &log, port);
     rt.block_on(produce(&n.jobs, &jobs));
     let seen = done_results(&n.results, &ids, Duration::from_secs(120));
     let dlq = consume(&n.dlq, 1, Duration::from_secs(30), Duration::ZERO);
@@ -1504,7 +1379,7 @@ fn chaos(jobs: usize, kills: usize, s3_outage: Duration, daemons: usize, seed: u
             assert!(text.contains(VERSIONED_BUCKET));
             std::fs::write(&cfg, text).unwrap();
         }
-        (Daemon::start(&cfg, &dir.join("daemon.log"), port), cfg, dir, port)
+        (start_daemon(&cfg, &dir.join("daemon.log"), port), cfg, dir, port)
     };
     // The reference.
     let reference = variant("ref");
@@ -1540,7 +1415,7 @@ fn chaos(jobs: usize, kills: usize, s3_outage: Duration, daemons: usize, seed: u
             // One daemon leaves for good, another joins under a new name.
             fleet.push(start(&chaotic, 100 + k));
         } else {
-            fleet.push((Daemon::start(&cfg, &dir.join("daemon.log"), port), cfg, dir, port));
+            fleet.push((start_daemon(&cfg, &dir.join("daemon.log"), port), cfg, dir, port));
         }
     }
     let seen = done_results(&chaotic.results, &ids, Duration::from_secs(900));
@@ -1710,7 +1585,7 @@ fn bench_encode_jobs_through_kafka_and_s3() {
         .replace("max_in_flight_jobs = 16", "max_in_flight_jobs = 64")
         + "\n[images]\ncrop = [10, 25, 80, 95]\n";
     std::fs::write(&cfg, text).unwrap();
-    let daemon = Daemon::start(&cfg, &tmp.path().join("daemon.log"), port);
+    let daemon = start_daemon(&cfg, &tmp.path().join("daemon.log"), port);
     let t = Instant::now();
     rt.block_on(produce(&n.jobs, &jobs));
     let results = consume(&n.results, jobs.len(), Duration::from_secs(900), Duration::ZERO);
@@ -1815,9 +1690,6 @@ fn bench_encode_jobs_through_kafka_and_s3() {
     assert_eq!(finished.len(), half.len());
 }
 
-/// Peak RSS of the daemon after 1,000 jobs with a 1k and with a 100k backlog in the topic (not part of the suite:
-/// `cargo test --release --test daemon_e2e -- --ignored --nocapture bench_rss`). The consumer's prefetch, the
-/// pipeline's in-flight limit and its channels are bounded, so the backlog must not show in memory.
 /// G7, the soak: jobs arrive at twice the rate the daemon finishes them (re-measured every 10 s), for
 /// `GLOWD_SOAK_MINUTES` (60) minutes, so the backlog grows the whole time. The daemon's RSS is sampled every 30 s;
 /// after the first sixth (warm-up) its least-squares slope must stay under 5 MiB/h, and results must keep coming
@@ -1835,7 +1707,7 @@ fn soak_at_twice_the_throughput_keeps_memory_flat() {
     let rt = runtime();
     rt.block_on(create_topics(&n));
     let port = free_port();
-    let daemon = Daemon::start(&config(tmp.path(), &n, &model, port), &tmp.path().join("daemon.log"), port);
+    let daemon = start_daemon(&config(tmp.path(), &n, &model, port), &tmp.path().join("daemon.log"), port);
     let results: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", format!("soak-reader-{}", std::process::id()))
@@ -1880,6 +1752,12 @@ fn soak_at_twice_the_throughput_keeps_memory_flat() {
             }
             done_at_sample = done;
             samples.push((t0.elapsed().as_secs_f64() / 3600.0, rss_mib()));
+            // One line per sample, so a long run can be watched and its curve kept.
+            println!(
+                "soak: {:5.1} min  RSS {:6.1} MiB  {produced} produced  {done} done  {per_second}/s offered",
+                t0.elapsed().as_secs_f64() / 60.0,
+                samples.last().unwrap().1
+            );
             sample_at = Instant::now();
         }
     }
@@ -1901,6 +1779,9 @@ fn soak_at_twice_the_throughput_keeps_memory_flat() {
     assert!(slope.abs() < 5.0, "RSS slope {slope:.2} MiB/h over {after:?}");
 }
 
+/// Peak RSS of the daemon after 1,000 jobs with a 1k and with a 100k backlog in the topic (not part of the suite:
+/// `cargo test --release --test daemon_e2e -- --ignored --nocapture bench_rss`). The consumer's prefetch, the
+/// pipeline's in-flight limit and its channels are bounded, so the backlog must not show in memory.
 #[test]
 #[ignore]
 fn bench_rss_with_a_1k_and_a_100k_backlog() {
@@ -1922,7 +1803,7 @@ fn bench_rss_with_a_1k_and_a_100k_backlog() {
         let port = free_port();
         let dir = tmp.path().join(backlog.to_string());
         std::fs::create_dir_all(&dir).unwrap();
-        let daemon = Daemon::start(&config(&dir, &n, &model, port), &dir.join("daemon.log"), port);
+        let daemon = start_daemon(&config(&dir, &n, &model, port), &dir.join("daemon.log"), port);
         let results = consume(&n.results, 1_000, Duration::from_secs(600), Duration::ZERO);
         let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id())).unwrap();
         let kib = |key: &str| -> u64 {

@@ -13,7 +13,7 @@
 mod common;
 #[path = "common/e2e.rs"]
 mod e2e;
-use e2e::{free_port, http_get, runtime, serial, Names};
+use e2e::{free_port, http_get, job, runtime, serial, Daemon, Names};
 use aws_sdk_s3::primitives::ByteStream;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -24,36 +24,17 @@ use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How soon a daemon that cannot talk to the broker must be gone (RELIABILITY.md G17).
 const FAIL_FAST: Duration = Duration::from_secs(30);
 
-fn env_lines(out: &[u8]) -> impl Iterator<Item = (String, String)> + '_ {
-    std::str::from_utf8(out)
-        .unwrap()
-        .split_whitespace()
-        .filter_map(|w| w.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches(|c| c == '"' || c == '\'').to_string()))
-}
-
 /// `scripts/dev-stack up` + `secure-up`, once per test binary (both idempotent); their `env` and `secure-env`.
 fn stack() -> &'static HashMap<String, String> {
     static STACK: OnceLock<HashMap<String, String>> = OnceLock::new();
-    STACK.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dev-stack");
-        let mut all = HashMap::new();
-        for (up, env) in [("up", "env"), ("secure-up", "secure-env")] {
-            let out = Command::new(&script).arg(up).output().expect("scripts/dev-stack runs");
-            assert!(out.status.success(), "dev-stack {up} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-            let out = Command::new(&script).arg(env).output().expect("dev-stack env");
-            assert!(out.status.success(), "dev-stack {env}:\n{}", String::from_utf8_lossy(&out.stderr));
-            all.extend(env_lines(&out.stdout));
-        }
-        all
-    })
+    STACK.get_or_init(|| e2e::dev_stack(&[("up", "env"), ("secure-up", "secure-env")]))
 }
 
 fn names(test: &str) -> Names {
@@ -124,62 +105,7 @@ async fn s3() -> aws_sdk_s3::Client {
 /// The pipeline file: `brokers` and `[kafka.properties]` as given (`sasl.password` as `${GLOWD_TEST_KAFKA_PASSWORD}`,
 /// set in the daemon's environment), the dev stack's MinIO, a tiny model.
 fn config(dir: &Path, n: &Names, model: &Path, port: u16, brokers: &str, properties: &[(&str, &str)]) -> PathBuf {
-    let env = stack();
-    let props: String = properties.iter().map(|(k, v)| format!("\"{k}\" = \"{v}\"\n")).collect();
-    let text = format!(
-        r#"
-[kafka]
-brokers = "{brokers}"
-group = "{group}"
-jobs_topic = "{jobs}"
-results_topic = "{results}"
-dlq_topic = "{dlq}"
-pause_grace_ms = 200
-
-[kafka.properties]
-{props}
-[s3]
-endpoint = "{endpoint}"
-region = "{region}"
-allowed_inputs = [{{ bucket = "{bucket}", prefix = "{inputs}" }}]
-
-[http]
-listen = "127.0.0.1:{port}"
-
-[[models]]
-name = "faces"
-version = "1"
-path = "{model}"
-
-[batching]
-max_batch = 4
-threads = 1
-
-[limits]
-max_in_flight_jobs = 16
-drain_timeout_seconds = 20
-
-[retry]
-max_elapsed_seconds = 30
-
-[output]
-bucket = "{bucket}"
-prefix = "{outputs}"
-"#,
-        group = n.group,
-        jobs = n.jobs,
-        results = n.results,
-        dlq = n.dlq,
-        endpoint = env["S3_ENDPOINT"],
-        region = env["AWS_REGION"],
-        bucket = bucket(),
-        inputs = n.inputs,
-        outputs = n.outputs,
-        model = model.display(),
-    );
-    let path = dir.join("pipeline.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    e2e::pipeline_toml(dir, n, model, port, stack(), brokers, properties)
 }
 
 /// The secure listener's client properties for the dev stack's user, the password by reference.
@@ -214,88 +140,9 @@ fn set_scram_password(user: &str, password: &str) {
     );
 }
 
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-    started: Instant,
-}
-
-impl Daemon {
-    /// `glowd serve` with `password` as GLOWD_TEST_KAFKA_PASSWORD; stderr to `log`. Does not wait.
-    fn spawn(config: &Path, password: &str, log: &Path) -> Daemon {
-        let env = stack();
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_glowd"))
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .env("GLOWD_LOG", "info")
-            .env("GLOWD_TEST_KAFKA_PASSWORD", password)
-            .env("AWS_ACCESS_KEY_ID", &env["AWS_ACCESS_KEY_ID"])
-            .env("AWS_SECRET_ACCESS_KEY", &env["AWS_SECRET_ACCESS_KEY"])
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        Daemon { child, log: log.to_path_buf(), started: Instant::now() }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_ready(&self, port: u16) {
-        while http_get(port, "/readyz").map(|(s, _)| s) != Some(200) {
-            assert!(self.started.elapsed() < Duration::from_secs(180), "not ready in 180 s:\n{}", self.log_text());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Polls `/readyz` until the process exits (or `limit` passes): the exit status, when it exited, and every
-    /// `/readyz` status seen.
-    fn watch_until_exit(&mut self, port: u16, limit: Duration) -> (Option<std::process::ExitStatus>, Duration, Vec<u16>) {
-        let mut seen = Vec::new();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return (Some(s), self.started.elapsed(), seen);
-            }
-            if self.started.elapsed() > limit {
-                return (None, self.started.elapsed(), seen);
-            }
-            if let Some((status, _)) = http_get(port, "/readyz") {
-                seen.push(status);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// SIGTERM, then the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let t0 = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(t0.elapsed() < Duration::from_secs(60), "no exit 60 s after SIGTERM:\n{}", self.log_text());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn job(id: &str, kind: &str, extra: Value) -> String {
-    let mut v = json!({"version": 1, "id": id, "kind": kind, "model": {"name": "faces", "version": "1"}});
-    for (k, x) in extra.as_object().unwrap() {
-        v[k] = x.clone();
-    }
-    v.to_string()
+/// `glowd serve` with `password` as GLOWD_TEST_KAFKA_PASSWORD. Does not wait.
+fn spawn_daemon(config: &Path, password: &str, log: &Path) -> Daemon {
+    Daemon::spawn(config, stack(), &[("GLOWD_TEST_KAFKA_PASSWORD".into(), password.into())], log)
 }
 
 /// A daemon that must fail fast: exited non-zero within FAIL_FAST, `/readyz` answered (so it was watched) but
@@ -352,7 +199,7 @@ fn sasl_ssl_with_scram_and_the_right_ca_processes_a_job_end_to_end() {
     });
     let port = free_port();
     let cfg = config(tmp.path(), &n, &model, port, &stack()["SECURE_KAFKA_BROKERS"], &sasl_ssl_properties());
-    let d = Daemon::spawn(&cfg, &stack()["SECURE_KAFKA_PASSWORD"], &tmp.path().join("daemon.log"));
+    let d = spawn_daemon(&cfg, &stack()["SECURE_KAFKA_PASSWORD"], &tmp.path().join("daemon.log"));
     d.wait_ready(port);
     eprintln!("ready after {:.1} s", d.started.elapsed().as_secs_f64());
     let t0 = Instant::now();
@@ -388,7 +235,7 @@ fn a_wrong_password_fails_fast_with_an_authentication_error_and_is_never_ready()
     let port = free_port();
     let cfg = config(tmp.path(), &n, &model, port, &stack()["SECURE_KAFKA_BROKERS"], &sasl_ssl_properties());
     let wrong = format!("wrong-pw-canary-{}", std::process::id());
-    let d = Daemon::spawn(&cfg, &wrong, &tmp.path().join("daemon.log"));
+    let d = spawn_daemon(&cfg, &wrong, &tmp.path().join("daemon.log"));
     let log = assert_fails_fast(d, port, "wrong password", Some(&wrong));
     let line = error_line(&log);
     eprintln!("wrong password: {line}");
@@ -404,7 +251,7 @@ fn a_broker_certificate_for_another_host_fails_fast_with_a_verification_error() 
     let model = common::pipeline::model_with_directions(tmp.path());
     let port = free_port();
     let cfg = config(tmp.path(), &n, &model, port, &stack()["SECURE_KAFKA_BADHOST_BROKERS"], &sasl_ssl_properties());
-    let d = Daemon::spawn(&cfg, &stack()["SECURE_KAFKA_PASSWORD"], &tmp.path().join("daemon.log"));
+    let d = spawn_daemon(&cfg, &stack()["SECURE_KAFKA_PASSWORD"], &tmp.path().join("daemon.log"));
     let log = assert_fails_fast(d, port, "certificate for wrong-host.invalid", None);
     let line = error_line(&log);
     eprintln!("bad host: {line}");
@@ -425,7 +272,7 @@ fn plaintext_against_the_sasl_ssl_port_is_never_ready_and_processes_nothing() {
     let port = free_port();
     // No [kafka.properties] security settings at all: librdkafka's default, PLAINTEXT.
     let cfg = config(tmp.path(), &n, &model, port, &stack()["SECURE_KAFKA_BROKERS"], &[]);
-    let d = Daemon::spawn(&cfg, "unused", &tmp.path().join("daemon.log"));
+    let d = spawn_daemon(&cfg, "unused", &tmp.path().join("daemon.log"));
     let log = assert_fails_fast(d, port, "plaintext client, SASL_SSL port", None);
     let line = error_line(&log);
     eprintln!("plaintext: {line}");
@@ -469,7 +316,7 @@ fn sasl_ssl_never_sends_plaintext_and_fails_fast_against_a_plaintext_listener() 
     }
     let port = free_port();
     let cfg = config(tmp.path(), &n, &model, port, &fake, &sasl_ssl_properties());
-    let d = Daemon::spawn(&cfg, &stack()["SECURE_KAFKA_PASSWORD"], &tmp.path().join("daemon.log"));
+    let d = spawn_daemon(&cfg, &stack()["SECURE_KAFKA_PASSWORD"], &tmp.path().join("daemon.log"));
     let log = assert_fails_fast(d, port, "SASL_SSL client, plaintext listener", None);
     eprintln!("tls-only: {}", error_line(&log));
     assert!(error_line(&log).contains("kafka: no broker reachable"), "{log}");
@@ -498,7 +345,7 @@ fn a_password_rotated_under_a_running_daemon_stops_it_with_an_authentication_err
     set_scram_password(&user, &old);
     let port = free_port();
     let cfg = config(tmp.path(), &n, &model, port, &stack()["SECURE_KAFKA_BROKERS"], &sasl_ssl_properties_for(&user));
-    let mut d = Daemon::spawn(&cfg, &old, &tmp.path().join("daemon.log"));
+    let mut d = spawn_daemon(&cfg, &old, &tmp.path().join("daemon.log"));
     d.wait_ready(port);
     rt.block_on(produce(&n.jobs, &[job("s-1", "sample", json!({"n": 1}))]));
     assert_eq!(consume(&n.results, 1, Duration::from_secs(60)).len(), 1, "{}", d.log_text());

@@ -1,9 +1,33 @@
-//! What the tests against the dev stack share (`tests/daemon_e2e.rs`, `tests/kafka_security.rs`): unique names per
-//! test, a small runtime, a free port, a plain HTTP GET, an S3 client of the dev stack's MinIO.
+//! What the tests against the dev stack share (`tests/daemon_e2e.rs`, `tests/kafka_security.rs`): the dev stack's
+//! variables, unique names per test, a small runtime, a free port, a plain HTTP GET, an S3 client of the dev stack's
+//! MinIO, the pipeline file, a job message, and a `glowd serve` child process.
 #![allow(dead_code)]
+use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Runs `scripts/dev-stack <up>` then `scripts/dev-stack <env>` for each pair (all idempotent) and gathers the
+/// `KEY=value` words the `env` commands print.
+pub fn dev_stack(steps: &[(&str, &str)]) -> HashMap<String, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dev-stack");
+    let mut all = HashMap::new();
+    for (up, env) in steps {
+        let out = Command::new(&script).arg(up).output().expect("scripts/dev-stack runs");
+        assert!(out.status.success(), "dev-stack {up} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(&script).arg(env).output().expect("dev-stack env");
+        assert!(out.status.success(), "dev-stack {env}:\n{}", String::from_utf8_lossy(&out.stderr));
+        all.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter_map(|w| w.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.trim_matches(|c| c == '"' || c == '\'').to_string())),
+        );
+    }
+    all
+}
 
 /// One test at a time in a binary: they share the machine's two cores and the dev stack.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -90,4 +114,162 @@ pub fn s3_client(env: &HashMap<String, String>) -> aws_sdk_s3::Client {
         .credentials_provider(creds)
         .build();
     aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// Writes `<dir>/pipeline.toml`: `brokers` and `[kafka.properties]` as given, the dev stack's MinIO (from `stack`),
+/// the test's own names, a tiny model, small bounds so the tests are quick.
+pub fn pipeline_toml(
+    dir: &Path,
+    n: &Names,
+    model: &Path,
+    port: u16,
+    stack: &HashMap<String, String>,
+    brokers: &str,
+    properties: &[(&str, &str)],
+) -> PathBuf {
+    let properties = if properties.is_empty() {
+        String::new()
+    } else {
+        let lines: String = properties.iter().map(|(k, v)| format!("\"{k}\" = \"{v}\"\n")).collect();
+        format!("\n[kafka.properties]\n{lines}")
+    };
+    let text = format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+group = "{group}"
+jobs_topic = "{jobs}"
+results_topic = "{results}"
+dlq_topic = "{dlq}"
+pause_grace_ms = 200
+{properties}
+[s3]
+endpoint = "{endpoint}"
+region = "{region}"
+allowed_inputs = [{{ bucket = "{bucket}", prefix = "{inputs}" }}]
+
+[http]
+listen = "127.0.0.1:{port}"
+
+[[models]]
+name = "faces"
+version = "1"
+path = "{model}"
+
+[batching]
+max_batch = 4
+threads = 1
+
+[limits]
+max_in_flight_jobs = 16
+drain_timeout_seconds = 20
+
+[retry]
+max_elapsed_seconds = 30
+
+[output]
+bucket = "{bucket}"
+prefix = "{outputs}"
+"#,
+        group = n.group,
+        jobs = n.jobs,
+        results = n.results,
+        dlq = n.dlq,
+        endpoint = stack["S3_ENDPOINT"],
+        region = stack["AWS_REGION"],
+        bucket = stack["S3_BUCKET"],
+        inputs = n.inputs,
+        outputs = n.outputs,
+        model = model.display(),
+    );
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A job message for the model "faces" version 1: `extra`'s fields on top of version, id and kind.
+pub fn job(id: &str, kind: &str, extra: Value) -> String {
+    let mut v = json!({"version": 1, "id": id, "kind": kind, "model": {"name": "faces", "version": "1"}});
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    v.to_string()
+}
+
+/// A `glowd serve` child process; killed (SIGKILL) when dropped, so a failing test leaves no daemon behind.
+pub struct Daemon {
+    pub child: Child,
+    log: PathBuf,
+    pub started: Instant,
+}
+
+impl Daemon {
+    /// `glowd serve --config <config>` with the dev stack's S3 credentials (from `stack`) and `envs` on top, its
+    /// stderr appended to `log`. Does not wait for readiness.
+    pub fn spawn(config: &Path, stack: &HashMap<String, String>, envs: &[(String, String)], log: &Path) -> Daemon {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_glowd"))
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .env("GLOWD_LOG", "info")
+            .env("AWS_ACCESS_KEY_ID", &stack["AWS_ACCESS_KEY_ID"])
+            .env("AWS_SECRET_ACCESS_KEY", &stack["AWS_SECRET_ACCESS_KEY"])
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Daemon { child, log: log.to_path_buf(), started: Instant::now() }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Until `/readyz` answers 200; fails the test 180 s after the start.
+    pub fn wait_ready(&self, port: u16) {
+        while http_get(port, "/readyz").map(|(s, _)| s) != Some(200) {
+            assert!(self.started.elapsed() < Duration::from_secs(180), "not ready in 180 s:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Polls `/readyz` until the process exits (or `limit` after the start passes): the exit status, when it
+    /// exited, and every `/readyz` status seen.
+    pub fn watch_until_exit(&mut self, port: u16, limit: Duration) -> (Option<std::process::ExitStatus>, Duration, Vec<u16>) {
+        let mut seen = Vec::new();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return (Some(s), self.started.elapsed(), seen);
+            }
+            if self.started.elapsed() > limit {
+                return (None, self.started.elapsed(), seen);
+            }
+            if let Some((status, _)) = http_get(port, "/readyz") {
+                seen.push(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM, then the exit status (fails the test if it takes over 60 s).
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "no exit 60 s after SIGTERM:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
