@@ -1129,6 +1129,76 @@ fn a_store_that_ignores_conditional_writes_is_refused_at_start() {
     assert_eq!(proxy.counts.faked_puts.load(std::sync::atomic::Ordering::Relaxed), 2, "{}", proxy.counts.summary());
 }
 
+/// G12, the passing side: on two S3 implementations that honour `If-None-Match: *`, MinIO (the dev stack) and moto
+/// (`scripts/dev-stack moto-up`), the start-up self-test passes, the daemon becomes ready, and a job's outputs land
+/// in that store. Prints how long each self-test took (RELIABILITY.md asks under 1 s; a figure, not an assertion).
+#[test]
+fn minio_and_moto_pass_the_conditional_write_self_test_and_take_outputs() {
+    let _serial = serial();
+    let moto = e2e::dev_stack(&[("moto-up", "moto-env")]);
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::pipeline::model_with_directions_of(tmp.path(), &[]);
+    let rt = runtime();
+    let mut on_moto = stack().clone();
+    on_moto.insert("S3_ENDPOINT".into(), moto["MOTO_S3_ENDPOINT"].clone());
+    on_moto.insert("S3_BUCKET".into(), moto["MOTO_S3_BUCKET"].clone());
+    let mut figures = Vec::new();
+    for (backend, env) in [("minio", stack().clone()), ("moto", on_moto)] {
+        let n = names(&format!("selftest-{backend}"));
+        rt.block_on(create_topics(&n));
+        let dir = tmp.path().join(backend);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let cfg = e2e::pipeline_toml(&dir, &n, &model, port, &env, &brokers(), &[]);
+        let daemon = Daemon::spawn(&cfg, &env, &[], &dir.join("daemon.log"));
+        daemon.wait_ready(port);
+        rt.block_on(produce(&n.jobs, &[job("selftest-1", "sample", json!({"n": 1, "seed": 5}))]));
+        let results = consume(&n.results, 1, Duration::from_secs(120), Duration::ZERO);
+        let log = daemon.log_text();
+        assert!(daemon.stop().success(), "{backend}:\n{log}");
+        assert_eq!(results.len(), 1, "{backend}:\n{log}");
+        let result: Value = serde_json::from_slice(&results[0].payload).unwrap();
+        assert_eq!(result["status"], "done", "{backend}: {result}");
+        // Read back from that store directly: the manifest, and every output it lists with its checksum.
+        let client = e2e::s3_client(&env);
+        let get = |key: String| {
+            let (client, bucket) = (client.clone(), env["S3_BUCKET"].clone());
+            async move {
+                let r = client.get_object().bucket(bucket).key(&key).send().await.unwrap_or_else(|e| panic!("{key}: {e:?}"));
+                r.body.collect().await.unwrap().into_bytes().to_vec()
+            }
+        };
+        let manifest_key = result["outputs"].as_array().unwrap().last().unwrap().as_str().unwrap().to_string();
+        assert!(manifest_key.starts_with(&n.outputs), "{backend}: {manifest_key}");
+        let manifest: Value = serde_json::from_slice(&rt.block_on(get(manifest_key))).unwrap();
+        for o in manifest["outputs"].as_array().unwrap() {
+            let bytes = rt.block_on(get(o["key"].as_str().unwrap().to_string()));
+            let entry = glowd::job::OutputEntry::of("k", glowd::job::MediaType::Png, &bytes);
+            assert_eq!(o["sha256"].as_str().unwrap(), entry.sha256, "{backend}: {o}");
+        }
+        // The daemon's own measure of its self-test: `self_test_ms=<n>` on the "honours create-only writes" line.
+        // Colour codes (which hold digits) are dropped first.
+        let plain = |l: &str| {
+            let mut out = String::new();
+            let mut chars = l.chars();
+            while let Some(c) = chars.next() {
+                if c == '\x1b' {
+                    chars.by_ref().find(|c| *c == 'm');
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        };
+        let line = log.lines().map(plain).find(|l| l.contains("S3 honours create-only writes")).unwrap_or_else(|| panic!("{log}"));
+        let after = &line[line.find("self_test_ms=").unwrap_or_else(|| panic!("{line}")) + "self_test_ms=".len()..];
+        let ms: String = after.chars().take_while(char::is_ascii_digit).collect();
+        assert!(!ms.is_empty(), "{line}");
+        figures.push(format!("{backend} {ms} ms"));
+    }
+    println!("conditional-write self-test passed: {}", figures.join(", "));
+}
+
 /// `glowd` with the dev stack's environment plus `envs`: (exit status, stdout, stderr).
 fn glowd(args: &[&str], envs: &[(String, String)]) -> (std::process::ExitStatus, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_glowd"))

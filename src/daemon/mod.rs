@@ -79,8 +79,13 @@ pub fn serve(config_path: &Path) -> Result<RunSummary, String> {
         let store = Arc::new(s3::S3Store::new(&s3).await);
         let prefix = file.pipeline.output.prefix.trim_end_matches('/');
         let probe = if prefix.is_empty() { SELF_TEST_KEY.to_string() } else { format!("{prefix}/{SELF_TEST_KEY}") };
+        let self_test_started = std::time::Instant::now();
         store.self_test(&file.pipeline.output.bucket, &probe).await?;
-        tracing::info!(bucket = %file.pipeline.output.bucket, "S3 honours create-only writes");
+        tracing::info!(
+            bucket = %file.pipeline.output.bucket,
+            self_test_ms = self_test_started.elapsed().as_millis() as u64,
+            "S3 honours create-only writes"
+        );
         let reporter = Arc::new(kafka::KafkaReporter::new(&kafka)?);
         let pipeline = Pipeline::new(
             file.pipeline.clone(),
