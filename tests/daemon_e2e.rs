@@ -1199,6 +1199,43 @@ fn minio_and_moto_pass_the_conditional_write_self_test_and_take_outputs() {
     println!("conditional-write self-test passed: {}", figures.join(", "));
 }
 
+/// G12 against a real store that ignores create-only writes: Garage 2.5.0 (`scripts/dev-stack garage-up`), whose
+/// PutObject reads no `If-None-Match`. The daemon must refuse it at start: exit non-zero, never ready, saying why,
+/// while the first probe write did land (so the refusal is about the missing condition, not about reaching the
+/// store). Not in the suite: Garage is built from crates.io the first time, which takes many minutes on two cores.
+/// `cargo test --release --test daemon_e2e -- --ignored --nocapture garage`.
+#[test]
+#[ignore]
+fn garage_ignores_conditional_writes_and_is_refused_at_start() {
+    let _serial = serial();
+    let garage = e2e::dev_stack(&[("garage-up", "garage-env")]);
+    let mut env = stack().clone();
+    for (ours, theirs) in [
+        ("S3_ENDPOINT", "GARAGE_S3_ENDPOINT"),
+        ("S3_BUCKET", "GARAGE_S3_BUCKET"),
+        ("AWS_ACCESS_KEY_ID", "GARAGE_ACCESS_KEY_ID"),
+        ("AWS_SECRET_ACCESS_KEY", "GARAGE_SECRET_ACCESS_KEY"),
+    ] {
+        env.insert(ours.into(), garage[theirs].clone());
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let n = names("garage");
+    let model = common::pipeline::model_with_directions_of(tmp.path(), &[]);
+    let port = free_port();
+    let cfg = e2e::pipeline_toml(tmp.path(), &n, &model, port, &env, &brokers(), &[]);
+    let mut daemon = Daemon::spawn(&cfg, &env, &[], &tmp.path().join("daemon.log"));
+    let (status, after, readyz) = daemon.watch_until_exit(port, Duration::from_secs(120));
+    let log = daemon.log_text();
+    let status = status.unwrap_or_else(|| panic!("still running after 120 s:\n{log}"));
+    assert!(!status.success(), "{log}");
+    assert!(!readyz.contains(&200), "ready on Garage: {readyz:?}\n{log}");
+    assert!(log.contains("ignores conditional writes"), "{log}");
+    let probe = format!("{}/{}", n.outputs, glowd::daemon::SELF_TEST_KEY);
+    let stored = runtime().block_on(e2e::s3_client(&env).head_object().bucket(&env["S3_BUCKET"]).key(&probe).send());
+    assert!(stored.is_ok(), "the probe {probe} is not in Garage: {stored:?}");
+    println!("garage {}: refused after {:.1} s, exit {status}", garage["GARAGE_S3_ENDPOINT"], after.as_secs_f64());
+}
+
 /// `glowd` with the dev stack's environment plus `envs`: (exit status, stdout, stderr).
 fn glowd(args: &[&str], envs: &[(String, String)]) -> (std::process::ExitStatus, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_glowd"))
