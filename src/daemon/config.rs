@@ -112,16 +112,25 @@ pub struct HttpSettings {
     /// `/metrics`, `/healthz`, `/readyz`.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// `/healthz` fails once the Kafka poll loop has not turned for this long (a wedged loop), so the orchestrator
+    /// restarts the process. The loop polls with a 50-ms timeout even with nothing to read, so the default leaves
+    /// room for a long stop-the-world pause without restarting a healthy daemon.
+    #[serde(default = "default_max_poll_silence")]
+    pub max_poll_silence_seconds: f64,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        HttpSettings { listen: default_listen() }
+        HttpSettings { listen: default_listen(), max_poll_silence_seconds: default_max_poll_silence() }
     }
 }
 
 fn default_listen() -> String {
     "127.0.0.1:9464".into()
+}
+
+fn default_max_poll_silence() -> f64 {
+    60.0
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -251,6 +260,10 @@ impl PipelineFile {
             gate: raw.gate,
         };
         pipeline.check()?;
+        let silence = raw.http.max_poll_silence_seconds;
+        if !(silence.is_finite() && silence > 0.0) {
+            return Err(format!("http.max_poll_silence_seconds = {silence}: must be a positive number of seconds"));
+        }
         if let Some(s3) = &raw.s3 {
             for a in &s3.allowed_inputs {
                 crate::job::AllowedPrefix::new(&a.bucket, &a.prefix).map_err(|e| format!("s3.allowed_inputs: {e}"))?;
@@ -372,6 +385,9 @@ mod tests {
         assert!(e.contains("batching.max_batch"), "{e}");
         let e = PipelineFile::parse("[output]\nprefix = \"${NOPE}\"\n", Path::new("."), &env).unwrap_err();
         assert!(e.contains("NOPE") && e.contains("output.prefix"), "{e}");
+        assert_eq!(PipelineFile::parse("", Path::new("."), &env).unwrap().http.max_poll_silence_seconds, 60.0);
+        let e = PipelineFile::parse("[http]\nmax_poll_silence_seconds = 0\n", Path::new("."), &env).unwrap_err();
+        assert!(e.contains("http.max_poll_silence_seconds"), "{e}");
     }
 }
 

@@ -48,7 +48,7 @@ pub fn serve(config_path: &Path) -> Result<RunSummary, String> {
     runtime.block_on(async {
         // The recorder keeps every histogram sample until it is drained: by a scrape, or by this upkeep. Without it a
         // daemon nobody scrapes (compose, a cluster without Prometheus) grows by every job's timings, found by the
-        // G7 soak at about 25 MiB/h.
+        // G7 soak at about 20 MiB/h.
         let upkeep = prometheus.clone();
         tokio::spawn(async move {
             loop {
@@ -57,8 +57,13 @@ pub fn serve(config_path: &Path) -> Result<RunSummary, String> {
             }
         });
         // Health endpoints first, so a slow model load shows as "starting" rather than as a dead pod.
-        let health =
-            http::Health { prometheus, ready: ready.clone(), draining: draining.clone(), source: Default::default() };
+        let health = http::Health {
+            prometheus,
+            max_poll_silence_seconds: file.http.max_poll_silence_seconds,
+            ready: ready.clone(),
+            draining: draining.clone(),
+            source: Default::default(),
+        };
         let pre = http::serve(&file.http.listen, health.clone()).await?;
         tracing::info!(addr = %pre, "http listening (not ready yet)");
         // Kafka first, before any model is loaded: a broker must answer with these settings (credentials accepted,
