@@ -1233,7 +1233,7 @@ fn garage_ignores_conditional_writes_and_is_refused_at_start() {
     let probe = format!("{}/{}", n.outputs, glowd::daemon::SELF_TEST_KEY);
     let stored = runtime().block_on(e2e::s3_client(&env).head_object().bucket(&env["S3_BUCKET"]).key(&probe).send());
     assert!(stored.is_ok(), "the probe {probe} is not in Garage: {stored:?}");
-    println!("garage {}: refused after {:.1} s, exit {status}", garage["GARAGE_S3_ENDPOINT"], after.as_secs_f64());
+    println!("garage {}: refused after {:.1} s, {status}", garage["GARAGE_S3_ENDPOINT"], after.as_secs_f64());
 }
 
 /// `glowd` with the dev stack's environment plus `envs`: (exit status, stdout, stderr).
