@@ -66,8 +66,24 @@ async fn put(client: &aws_sdk_s3::Client, key: &str, body: Vec<u8>) {
 }
 
 async fn get(client: &aws_sdk_s3::Client, key: &str) -> Option<Vec<u8>> {
-    let r = client.get_object().bucket(bucket()).key(key).send().await.ok()?;
+    get_in(client, &bucket(), key).await
+}
+
+async fn get_in(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Option<Vec<u8>> {
+    let r = client.get_object().bucket(bucket).key(key).send().await.ok()?;
     Some(r.body.collect().await.unwrap().into_bytes().to_vec())
+}
+
+/// Reads the manifest at `manifest_key` and every output it lists from `bucket`, checking each output's SHA-256
+/// against the manifest's; returns the manifest.
+async fn manifest_with_matching_outputs(client: &aws_sdk_s3::Client, bucket: &str, manifest_key: &str) -> Value {
+    let manifest: Value = serde_json::from_slice(&get_in(client, bucket, manifest_key).await.unwrap()).unwrap();
+    for o in manifest["outputs"].as_array().unwrap() {
+        let bytes = get_in(client, bucket, o["key"].as_str().unwrap()).await.expect("output present");
+        let entry = glowd::job::OutputEntry::of("k", glowd::job::MediaType::Png, &bytes);
+        assert_eq!(o["sha256"].as_str().unwrap(), entry.sha256, "{o}");
+    }
+    manifest
 }
 
 /// `glowd serve` against the dev stack, once `/readyz` says 200.
@@ -272,13 +288,8 @@ fn every_kind_end_to_end_and_bad_inputs_to_the_dlq() {
             let keys = r["outputs"].as_array().unwrap();
             let manifest_key = keys.last().unwrap().as_str().unwrap();
             assert!(manifest_key.starts_with(&n.outputs) && manifest_key.ends_with("/manifest.json"), "{manifest_key}");
-            let manifest: Value = serde_json::from_slice(&get(&client, manifest_key).await.unwrap()).unwrap();
+            let manifest = manifest_with_matching_outputs(&client, &bucket(), manifest_key).await;
             glowd::job::validate(glowd::job::SchemaName::Manifest, &manifest).unwrap();
-            for o in manifest["outputs"].as_array().unwrap() {
-                let bytes = get(&client, o["key"].as_str().unwrap()).await.expect("output present");
-                let entry = glowd::job::OutputEntry::of("k", glowd::job::MediaType::Png, &bytes);
-                assert_eq!(o["sha256"].as_str().unwrap(), entry.sha256);
-            }
         }
         let edited = get(&client, &format!("{}/edit-1/edited.png", n.outputs)).await.unwrap();
         assert!(image::load_from_memory(&edited).is_ok());
@@ -1112,19 +1123,11 @@ fn a_store_that_ignores_conditional_writes_is_refused_at_start() {
     let cfg = config(tmp.path(), &n, &model, port);
     s3_endpoint(&cfg, proxy.port);
     let mut daemon = Daemon::spawn(&cfg, stack(), &[], &tmp.path().join("daemon.log"));
-    let t0 = Instant::now();
-    let mut ever_ready = false;
-    let status = loop {
-        if let Some(s) = daemon.child.try_wait().unwrap() {
-            break s;
-        }
-        ever_ready |= http_get(port, "/readyz").map(|(s, _)| s) == Some(200);
-        assert!(t0.elapsed() < Duration::from_secs(120), "still running after 120 s:\n{}", daemon.log_text());
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let (status, _, readyz) = daemon.watch_until_exit(port, Duration::from_secs(120));
     let log = daemon.log_text();
+    let status = status.unwrap_or_else(|| panic!("still running after 120 s:\n{log}"));
     assert!(!status.success(), "{log}");
-    assert!(!ever_ready, "ready on a store that ignores conditional writes\n{log}");
+    assert!(!readyz.contains(&200), "ready on a store that ignores conditional writes\n{log}");
     assert!(log.contains("ignores conditional writes"), "{log}");
     assert_eq!(proxy.counts.faked_puts.load(std::sync::atomic::Ordering::Relaxed), 2, "{}", proxy.counts.summary());
 }
@@ -1150,7 +1153,8 @@ fn minio_and_moto_pass_the_conditional_write_self_test_and_take_outputs() {
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
         let cfg = e2e::pipeline_toml(&dir, &n, &model, port, &env, &brokers(), &[]);
-        let daemon = Daemon::spawn(&cfg, &env, &[], &dir.join("daemon.log"));
+        // JSON logs: the self-test time is read back as a field.
+        let daemon = Daemon::spawn(&cfg, &env, &[("GLOWD_LOG_FORMAT".into(), "json".into())], &dir.join("daemon.log"));
         daemon.wait_ready(port);
         rt.block_on(produce(&n.jobs, &[job("selftest-1", "sample", json!({"n": 1, "seed": 5}))]));
         let results = consume(&n.results, 1, Duration::from_secs(120), Duration::ZERO);
@@ -1160,40 +1164,16 @@ fn minio_and_moto_pass_the_conditional_write_self_test_and_take_outputs() {
         let result: Value = serde_json::from_slice(&results[0].payload).unwrap();
         assert_eq!(result["status"], "done", "{backend}: {result}");
         // Read back from that store directly: the manifest, and every output it lists with its checksum.
-        let client = e2e::s3_client(&env);
-        let get = |key: String| {
-            let (client, bucket) = (client.clone(), env["S3_BUCKET"].clone());
-            async move {
-                let r = client.get_object().bucket(bucket).key(&key).send().await.unwrap_or_else(|e| panic!("{key}: {e:?}"));
-                r.body.collect().await.unwrap().into_bytes().to_vec()
-            }
-        };
         let manifest_key = result["outputs"].as_array().unwrap().last().unwrap().as_str().unwrap().to_string();
         assert!(manifest_key.starts_with(&n.outputs), "{backend}: {manifest_key}");
-        let manifest: Value = serde_json::from_slice(&rt.block_on(get(manifest_key))).unwrap();
-        for o in manifest["outputs"].as_array().unwrap() {
-            let bytes = rt.block_on(get(o["key"].as_str().unwrap().to_string()));
-            let entry = glowd::job::OutputEntry::of("k", glowd::job::MediaType::Png, &bytes);
-            assert_eq!(o["sha256"].as_str().unwrap(), entry.sha256, "{backend}: {o}");
-        }
-        // The daemon's own measure of its self-test: `self_test_ms=<n>` on the "honours create-only writes" line.
-        // Colour codes (which hold digits) are dropped first.
-        let plain = |l: &str| {
-            let mut out = String::new();
-            let mut chars = l.chars();
-            while let Some(c) = chars.next() {
-                if c == '\x1b' {
-                    chars.by_ref().find(|c| *c == 'm');
-                } else {
-                    out.push(c);
-                }
-            }
-            out
-        };
-        let line = log.lines().map(plain).find(|l| l.contains("S3 honours create-only writes")).unwrap_or_else(|| panic!("{log}"));
-        let after = &line[line.find("self_test_ms=").unwrap_or_else(|| panic!("{line}")) + "self_test_ms=".len()..];
-        let ms: String = after.chars().take_while(char::is_ascii_digit).collect();
-        assert!(!ms.is_empty(), "{line}");
+        rt.block_on(manifest_with_matching_outputs(&e2e::s3_client(&env), &env["S3_BUCKET"], &manifest_key));
+        // The daemon's own measure of its self-test, on the "honours create-only writes" line.
+        let line: Value = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["message"] == "S3 honours create-only writes")
+            .unwrap_or_else(|| panic!("{log}"));
+        let ms = line["self_test_ms"].as_u64().unwrap_or_else(|| panic!("{line}"));
         figures.push(format!("{backend} {ms} ms"));
     }
     println!("conditional-write self-test passed: {}", figures.join(", "));
