@@ -1,9 +1,10 @@
 //! The command line end to end on a tiny model: file naming, exact round trips, and one clear line per bad input.
+mod common;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn glowd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_glowd")).args(args).env("GLOWD_LOG", "warn").output().expect("runs")
+    common::bin::glowd().args(args).env("GLOWD_LOG", "warn").output().expect("runs")
 }
 
 fn write_images(dir: &Path, n: usize, size: u32) -> Vec<PathBuf> {

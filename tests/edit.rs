@@ -1,7 +1,7 @@
 //! Latent editing: exactness at strength 0, linearity, interpolation endpoints, direction files, and a held-out
 //! check that a learnt +Smiling direction makes faces smile according to an independent classifier.
 mod common;
-use common::*;
+use common::model::*;
 use glowd::data::attributes::read_celeba;
 use glowd::imageio::{load_image, Fit};
 use glowd::model::batch::pixels_to_tensor;

@@ -1,6 +1,6 @@
 //! The whole model: exact encode/decode, log-likelihood, sampling, batching and persistence.
 mod common;
-use common::*;
+use common::model::*;
 use glowd::model::{Glow, GlowConfig};
 use tch::{Device, Kind, Tensor};
 

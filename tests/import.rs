@@ -4,7 +4,7 @@
 //! reimplementation with the coupling width cut to 32/48 (they still cover additive couplings and the no-LU form).
 //! See tests/fixtures/rosinality/README.md.
 mod common;
-use common::max_abs_diff;
+use common::model::max_abs_diff;
 use glowd::model::glow::unsqueeze;
 use glowd::model::import::{import_rosinality, read_state_dict, RosinalityOptions, StateDict};
 use glowd::model::{Glow, ModelError};
@@ -285,7 +285,7 @@ fn the_cli_imports_the_unmodified_ports_checkpoints() {
         }
         args.extend(["--n-bits".to_string(), o.n_bits.to_string(), "--affine".to_string()]);
         args.extend(["--out".to_string(), out_dir.to_str().unwrap().to_string()]);
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_glowd"))
+        let out = common::bin::glowd()
             .args(&args)
             .env("GLOWD_LOG", "warn")
             .output()
@@ -466,7 +466,7 @@ fn the_cli_writes_a_model_folder_that_loads_and_matches_the_port() {
         }
         args.push(out.to_str().unwrap().into());
         args.extend(extra.iter().map(|s| s.to_string()));
-        std::process::Command::new(env!("CARGO_BIN_EXE_glowd")).args(&args).env("GLOWD_LOG", "warn").output().unwrap()
+        common::bin::glowd().args(&args).env("GLOWD_LOG", "warn").output().unwrap()
     };
     let out = run(&["--affine"], &out_dir);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

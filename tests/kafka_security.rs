@@ -11,14 +11,10 @@
 //!
 //! Tests run one at a time (a lock), each with its own topics, group and key prefixes.
 mod common;
-#[path = "common/e2e.rs"]
-mod e2e;
-use e2e::{free_port, http_get, job, runtime, serial, Daemon, Names};
+use common::daemon::{self, free_port, http_get, job, runtime, serial, Daemon, Names, Record};
 use aws_sdk_s3::primitives::ByteStream;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
@@ -34,7 +30,7 @@ const FAIL_FAST: Duration = Duration::from_secs(30);
 /// `scripts/dev-stack up` + `secure-up`, once per test binary (both idempotent); their `env` and `secure-env`.
 fn stack() -> &'static HashMap<String, String> {
     static STACK: OnceLock<HashMap<String, String>> = OnceLock::new();
-    STACK.get_or_init(|| e2e::dev_stack(&[("up", "env"), ("secure-up", "secure-env")]))
+    STACK.get_or_init(|| daemon::dev_stack(&[("up", "env"), ("secure-up", "secure-env")]))
 }
 
 fn names(test: &str) -> Names {
@@ -79,33 +75,19 @@ async fn produce(topic: &str, payloads: &[String]) {
     }
 }
 
-/// Reads `topic` from the start until `want` records arrived or `timeout` passed.
-fn consume(topic: &str, want: usize, timeout: Duration) -> Vec<Vec<u8>> {
-    let c: BaseConsumer = secure_client()
-        .set("group.id", format!("reader-{topic}-{}", std::process::id()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    c.subscribe(&[topic]).unwrap();
-    let mut out = Vec::new();
-    let t0 = Instant::now();
-    while out.len() < want && t0.elapsed() < timeout {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-            out.push(m.payload().unwrap_or_default().to_vec());
-        }
-    }
-    out
+/// Reads `topic` of the secure broker from the start until `want` records arrived or `timeout` passed.
+fn consume(topic: &str, want: usize, timeout: Duration) -> Vec<Record> {
+    daemon::consume(&secure_client(), topic, want, timeout, Duration::ZERO)
 }
 
 async fn s3() -> aws_sdk_s3::Client {
-    e2e::s3_client(stack())
+    daemon::s3_client(stack())
 }
 
 /// The pipeline file: `brokers` and `[kafka.properties]` as given (`sasl.password` as `${GLOWD_TEST_KAFKA_PASSWORD}`,
 /// set in the daemon's environment), the dev stack's MinIO, a tiny model.
 fn config(dir: &Path, n: &Names, model: &Path, port: u16, brokers: &str, properties: &[(&str, &str)]) -> PathBuf {
-    e2e::pipeline_toml(dir, n, model, port, stack(), brokers, properties)
+    daemon::pipeline_toml(dir, n, model, port, stack(), brokers, properties)
 }
 
 /// The secure listener's client properties for the dev stack's user, the password by reference.
@@ -208,7 +190,7 @@ fn sasl_ssl_with_scram_and_the_right_ca_processes_a_job_end_to_end() {
     eprintln!("encode job's result after {:.1} s", t0.elapsed().as_secs_f64());
     let log = d.log_text();
     assert_eq!(results.len(), 1, "no result record:\n{log}");
-    let r: Value = serde_json::from_slice(&results[0]).unwrap();
+    let r: Value = serde_json::from_slice(&results[0].payload).unwrap();
     assert_eq!(r["status"], "done", "{r}\n{log}");
     assert_eq!(r["job"], "enc-1", "{r}");
     let outputs: Vec<String> = r["outputs"].as_array().unwrap().iter().map(|o| o.as_str().unwrap().to_string()).collect();

@@ -1,6 +1,6 @@
 //! Every layer inverts, and its log-determinant equals the brute-force Jacobian's.
 mod common;
-use common::*;
+use common::model::*;
 use glowd::model::actnorm::ActNorm;
 use glowd::model::coupling::Coupling;
 use glowd::model::flow_step::FlowStep;

@@ -2,7 +2,7 @@
 //! the model itself, reruns byte-identical, and each bad job one dead letter with the right reason while the good
 //! ones succeed.
 mod common;
-use common::*;
+use common::model::*;
 use glowd::imageio::{load_image, Fit};
 use glowd::job::{self, SchemaName};
 use glowd::model::batch::{pixels_to_tensor, tensor_to_pixels};
@@ -352,7 +352,7 @@ fn the_command_line_runs_jobs_and_exits_1_when_some_were_dead_lettered() {
     std::fs::write(&jobs_file, lines.join("\n")).unwrap();
     let out = tmp.path().join("out");
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_glowd"))
+    let run = common::bin::glowd()
         .args(["run", "--model-dir", &s(&models.join("faces")), "--jobs", &s(&jobs_file), "--input-dir", &s(&input)])
         .args(["--output-dir", &s(&out), "--crop", "0,0,32,40", "--max-batch", "2", "--threads", "1"])
         .args(["--log-format", "json"])

@@ -1,6 +1,6 @@
 //! Training: the loss goes down, resume is exact, checkpointed gradients equal plain ones, exports round-trip.
 mod common;
-use common::*;
+use common::model::*;
 use glowd::data::{Dataset, Format, Target};
 use glowd::imageio::{Fit, Pixels};
 use glowd::model::batch::pixels_to_tensor;
@@ -296,7 +296,7 @@ fn ctrl_c_then_resume_follows_the_uninterrupted_curve() {
         .collect()
     };
     let glowd = || {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_glowd"));
+        let mut c = common::bin::glowd();
         c.env("GLOWD_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::piped());
         c
     };

@@ -1,6 +1,6 @@
 //! Loading a model folder checks every tensor and fails with a message naming it; corrupt files never panic.
 mod common;
-use common::*;
+use common::model::*;
 use glowd::model::weights::{read_safetensors, write_safetensors, WEIGHTS_FILE};
 use glowd::model::{Glow, ModelError};
 use std::collections::BTreeMap;

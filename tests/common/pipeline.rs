@@ -1,5 +1,5 @@
 //! Helpers of the pipeline tests: a tiny model with made-up attribute directions, and test images.
-use super::{ready_model, tiny};
+use super::model::{ready_model, tiny};
 use glowd::model::directions::{model_fingerprint, Directions, Provenance};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
