@@ -1,36 +1,35 @@
 //! glowd: Glow (Kingma & Dhariwal 2018) as infrastructure.
 //!
-//! Map of the crate:
-//! - [`model`]: the flow itself on tch: layers (`actnorm`, `invconv`, `coupling`, `zero_conv`), `flow_step`,
-//!   the multi-scale `glow` (encode / decode / sample), `config` presets and `weights` files. It names no tokio,
-//!   Kafka or S3 type.
-//! - [`imageio`]: reading images into the model's u8 planes and writing PNGs and grids.
-//! - [`cli`]: the `glowd` command line; `main.rs` only calls [`cli::main`].
-//! - [`bench`]: the `glowd bench` throughput figures.
-//! - [`train`] and [`data`]: `glowd train` (objective, optimizer, checkpoints) and its dataset readers.
-//! - [`cli_edit`]: the latent-editing commands (directions, edit, interpolate, resample, sheet).
-//! - [`job`]: the daemon's job contract (schemas/job.v1.json), S3 key confinement, output keys, results and
-//!   manifests; [`ack`]: the per-partition offset watermark that decides what may be committed. Both name no
-//!   tokio, Kafka or tch type.
+//! Map of the crate, lowest room first (`tests/layout.rs` checks that no file imports another in a circle and that
+//! each room names only the rooms below it; `docs/architecture.md` tells the whole story):
+//! - [`disposition`]: what a caller does after an error (retry, dead-letter, fatal), shared by every room.
+//! - [`codec`]: file formats shared by the CLI, the pipeline and the tools (images, latent files, GIFs).
+//! - [`model`]: the flow itself on tch: layers, `flow_step`, the multi-scale `glow` (encode / decode / sample),
+//!   configs, weights and directions. It names no tokio, Kafka or S3 type. [`train`] and [`data`] train it.
+//! - [`job`]: the daemon's job contract (schemas/job.v1.json), the error catalogue, S3 key confinement, output keys,
+//!   results and manifests. Serde only: no tch, tokio, Kafka or S3 type.
+//! - [`settings`]: pipeline files, read by the daemon, the embedded mode and the tools.
 //! - [`worker`]: the device worker, the model/pipeline boundary: one OS thread per device owns the models and takes
 //!   plain-data batches over a channel, answering each op on a oneshot.
 //! - [`pipeline`]: the pipeline core (parse, fetch, decode, pull batcher, device, encode outputs, create-only
-//!   writes, manifest, results, dead letters) behind `ObjectStore` and `Reporter` traits; its `embedded` mode
-//!   (`glowd run`) reads a JSON-lines file and local folders. Names no tch type.
-//! - [`daemon`]: `glowd serve`: pipeline files, the Kafka source and reporter, the S3 store, metrics and health.
-pub mod ack;
+//!   writes, manifest, results, dead letters) behind `ObjectStore` and `Reporter` traits. Names no tch type.
+//! - [`kafka`] and [`s3`]: the adapters (jobs source, results and DLQ reporter, offset watermark; the S3 store).
+//! - [`daemon`]: `glowd serve` (Kafka + S3, metrics and health) and the embedded mode `glowd run` (local folders).
+//! - [`tools`]: the pure parts of `glowd submit` and `glowd dataset`.
+//! - [`cli`]: the `glowd` command line, one file per command group; `main.rs` only calls [`cli::main`].
+//!   [`bench`] prints `glowd bench`'s throughput figures.
 pub mod bench;
 pub mod cli;
-pub mod cli_edit;
-pub mod cli_pipeline;
-pub mod cli_submit;
+pub mod codec;
 pub mod daemon;
 pub mod data;
-pub mod dataset;
-pub mod imageio;
+pub mod disposition;
 pub mod job;
+pub mod kafka;
 pub mod model;
 pub mod pipeline;
-pub mod submit;
+pub mod s3;
+pub mod settings;
+pub mod tools;
 pub mod train;
 pub mod worker;

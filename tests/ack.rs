@@ -1,7 +1,7 @@
-//! The offset watermark (RELIABILITY.md G5): random sparse offsets, random completion order, revoke / lose /
+//! The offset watermark (G5 in docs/reliability.md): random sparse offsets, random completion order, revoke / lose /
 //! reassign in between, late acknowledgements from old assignments. The oracle is the log itself: every offset
 //! below a watermark must have been completed under a live assignment.
-use glowd::ack::{Ack, AckConfig, AckToken, Offset, OffsetTracker, TopicPartition};
+use glowd::kafka::ack::{Ack, AckConfig, AckToken, Offset, OffsetTracker, TopicPartition};
 use proptest::prelude::*;
 use std::collections::BTreeSet;
 

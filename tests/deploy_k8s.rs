@@ -477,8 +477,8 @@ fn scaled_object_problems(base: &Base, topics: &[(String, u32)]) -> Vec<String> 
     }
     // KEDA's idea of lag for a group without commits must be the daemon's auto.offset.reset.
     let reset = kafka.properties.get("auto.offset.reset").cloned().unwrap_or_else(|| {
-        let code = read("src/daemon/kafka.rs");
-        let at = code.find("(\"auto.offset.reset\", \"").expect("src/daemon/kafka.rs defaults auto.offset.reset");
+        let code = read("src/kafka/source.rs");
+        let at = code.find("(\"auto.offset.reset\", \"").expect("src/kafka/source.rs defaults auto.offset.reset");
         code[at..].split('"').nth(3).unwrap().to_string()
     });
     if str_of(&meta["offsetResetPolicy"]) != reset {

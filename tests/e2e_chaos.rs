@@ -1,4 +1,4 @@
-//! The fault harness (RELIABILITY.md G1-G4, G11, G13) against the dev stack (`scripts/dev-stack up`): a mixed
+//! The fault harness (G1-G4, G11, G13 in docs/reliability.md) against the dev stack (`scripts/dev-stack up`): a mixed
 //! workload run cleanly, then again while glowd is SIGKILLed at random moments, the broker is SIGKILLed and
 //! restarted once and S3 is down once; every job is then checked against the clean run, byte for byte. The short
 //! version is in the suite; the full one is `scripts/chaos`.
@@ -66,7 +66,7 @@ struct ChaosReport {
     written_twice: usize,
 }
 
-/// The fault harness (RELIABILITY.md G1-G4, G11, G13): `jobs` mixed jobs run once cleanly as the reference, then
+/// The fault harness (G1-G4, G11, G13 in docs/reliability.md): `jobs` mixed jobs run once cleanly as the reference, then
 /// again in another group while glowd is SIGKILLed `kills` times at random moments (and restarted), the broker is
 /// restarted once (SIGKILL) and the S3 server is down for `s3_outage` once; with `daemons` > 1 the chaos run has
 /// that many daemons in the group, one killed for good and one added mid-run. Then every job is checked: a done

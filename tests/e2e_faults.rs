@@ -334,7 +334,7 @@ fn a_store_that_ignores_conditional_writes_is_refused_at_start() {
 
 /// G12, the passing side: on two S3 implementations that honour `If-None-Match: *`, MinIO (the dev stack) and moto
 /// (`scripts/dev-stack moto-up`), the start-up self-test passes, the daemon becomes ready, and a job's outputs land
-/// in that store. Prints how long each self-test took (RELIABILITY.md asks under 1 s; a figure, not an assertion).
+/// in that store. Prints how long each self-test took (asks under 1 s; a figure, not an assertion in docs/reliability.md).
 #[test]
 fn minio_and_moto_pass_the_conditional_write_self_test_and_take_outputs() {
     let _serial = serial();

@@ -291,7 +291,7 @@ fn the_three_pipelines_end_to_end_over_real_faces() {
                 assert!(batch.column_by_name("score_Smiling").is_some());
                 for i in 0..batch.num_rows() {
                     let job = ids.value(i);
-                    let want = glowd::dataset::flatten_latents(&outputs[&format!("{job}/latents.safetensors")]).unwrap();
+                    let want = glowd::tools::dataset::flatten_latents(&outputs[&format!("{job}/latents.safetensors")]).unwrap();
                     let got = latent.value(i);
                     assert_eq!(got.as_primitive::<arrow_array::types::Float32Type>().values().to_vec(), want, "{job}");
                     let m: Value = serde_json::from_slice(&outputs[&format!("{job}/manifest.json")]).unwrap();
@@ -324,7 +324,7 @@ fn the_three_pipelines_end_to_end_over_real_faces() {
     assert!(out.contains("max_bach"), "{out}");
 }
 
-/// RELIABILITY.md G16: credentials never reach a log line or an error message, at any level. The daemon runs at
+/// G16 (docs/reliability.md): credentials never reach a log line or an error message, at any level. The daemon runs at
 /// `trace` (every crate's logs, the AWS SDK's included) with librdkafka's `debug=all`, a canary SASL password in its Kafka
 /// properties and the dev stack's S3 secret in its environment, through good jobs and failing ones.
 #[test]

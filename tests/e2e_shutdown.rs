@@ -126,7 +126,7 @@ fn assert_exact(b: &Bounces) {
     );
     assert_eq!(b.lost, 0, "jobs lost over the bounces");
     assert_eq!(b.reprocessed, 0, "a clean stop must not leave finished work uncommitted");
-    // The config's drain timeout is 20 s; RELIABILITY.md's rule is grace − 5 s.
+    // The config's drain timeout is 20 s; docs/reliability.md's rule is grace − 5 s.
     assert!(max <= 15.0, "an exit took {max:.1} s: {:?}", b.exit_seconds);
 }
 

@@ -3,7 +3,7 @@
 mod common;
 use common::model::*;
 use glowd::data::attributes::read_celeba;
-use glowd::imageio::{load_image, Fit};
+use glowd::codec::image::{load_image, Fit};
 use glowd::model::batch::pixels_to_tensor;
 use glowd::model::directions::{self, DirectionAccumulator, Directions, Provenance};
 use glowd::model::Glow;

@@ -1,4 +1,4 @@
-//! RELIABILITY.md G17: TLS/SASL enforcement against a real broker. `scripts/dev-stack secure-up` starts a second
+//! G17 (docs/reliability.md): TLS/SASL enforcement against a real broker. `scripts/dev-stack secure-up` starts a second
 //! Kafka 4.1.1 broker with SASL_SSL + SCRAM-SHA-512 listeners (a throwaway CA; one listener's certificate names
 //! localhost/127.0.0.1, the other's only wrong-host.invalid); the plain dev stack's MinIO is the S3 server.
 //!
@@ -24,7 +24,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// How soon a daemon that cannot talk to the broker must be gone (RELIABILITY.md G17).
+/// How soon a daemon that cannot talk to the broker must be gone (G17 in docs/reliability.md).
 const FAIL_FAST: Duration = Duration::from_secs(30);
 
 /// `scripts/dev-stack up` + `secure-up`, once per test binary (both idempotent); their `env` and `secure-env`.

@@ -3,13 +3,13 @@
 //! ones succeed.
 mod common;
 use common::model::*;
-use glowd::imageio::{load_image, Fit};
+use glowd::codec::image::{load_image, Fit};
 use glowd::job::{self, SchemaName};
 use glowd::model::batch::{pixels_to_tensor, tensor_to_pixels};
 use glowd::model::directions::Directions;
 use glowd::model::latents_file::read_latents;
 use glowd::model::Glow;
-use glowd::pipeline::embedded::{run_embedded, EmbeddedOptions};
+use glowd::daemon::embedded::{run_embedded, EmbeddedOptions};
 use glowd::pipeline::PipelineSettings;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -282,7 +282,7 @@ fn every_kind_end_to_end_bad_jobs_dead_lettered_and_reruns_identical() {
     assert!((r["bits_per_dim"][0].as_f64().unwrap() - bpd).abs() < 1e-4, "{r}");
     // edit at strength 0 returns the (fitted) input bit for bit, also through lossless WebP.
     let webp = image::open(out.join("edit-zero/edited.webp")).unwrap();
-    let webp = glowd::imageio::image_to_pixels(webp, Path::new("w"), 3, 32, Fit::default()).unwrap();
+    let webp = glowd::codec::image::image_to_pixels(webp, Path::new("w"), 3, 32, Fit::default()).unwrap();
     assert_eq!(pixels_to_tensor(&[webp]), fitted(&faces.join("b.png")));
     // edit: the model's own edit, and its latent is the shifted one.
     let dirs = Directions::load(&model_dir, &glow.config).unwrap().unwrap();
@@ -416,7 +416,7 @@ fn jobs_for_one_of_two_models_all_finish() {
 /// reason `likelihood_gate`) or flags it (outputs written, `flags: ["over_likelihood_gate"]`); below it, nothing.
 #[test]
 fn the_likelihood_gate_skips_or_flags_outliers() {
-    use glowd::pipeline::settings::GateAction;
+    use glowd::settings::GateAction;
     let tmp = tempfile::tempdir().unwrap();
     let models = tmp.path().join("models");
     model(&models);

@@ -2,7 +2,7 @@
 mod common;
 use common::model::*;
 use glowd::data::{Dataset, Format, Target};
-use glowd::imageio::{Fit, Pixels};
+use glowd::codec::image::{Fit, Pixels};
 use glowd::model::batch::pixels_to_tensor;
 use glowd::model::{Glow, GlowConfig};
 use glowd::train::adam::Algorithm;
@@ -261,7 +261,7 @@ fn sample_grids_follow_sample_every_not_eval_every() {
 fn write_folder(dir: &std::path::Path, n: usize) {
     std::fs::create_dir_all(dir).unwrap();
     for (i, p) in synthetic(n, 16, 21).images.iter().enumerate() {
-        glowd::imageio::pixels_to_image(p).save(dir.join(format!("{i:03}.png"))).unwrap();
+        glowd::codec::image::pixels_to_image(p).save(dir.join(format!("{i:03}.png"))).unwrap();
     }
 }
 

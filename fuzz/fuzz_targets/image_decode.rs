@@ -2,7 +2,7 @@
 //! StageError with a DLQ kind; never a panic, an abort or an allocation past the configured limits.
 #![no_main]
 use glowd::pipeline::decode::decode_image;
-use glowd::pipeline::settings::ImageSettings;
+use glowd::settings::ImageSettings;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # dev-stack part, sourced by scripts/dev-stack.
 
-# Garage, started only by `garage-up`, for RELIABILITY.md G12's refusal side: Garage 2.5.0 answers 200 to a second
+# Garage, started only by `garage-up`, for G12's refusal side (docs/reliability.md): Garage 2.5.0 answers 200 to a second
 # create-only PUT (its PutObject reads no If-None-Match), so glowd must refuse to become ready on it. Built from
 # crates.io (no binary in a registry reachable here) with only the sqlite metadata engine; single-node mode makes the
 # layout, the key and the bucket itself. Files under $RUN/garage.

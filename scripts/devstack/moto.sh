@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # dev-stack part, sourced by scripts/dev-stack.
 
-# moto's S3 server, started only by `moto-up`, for RELIABILITY.md G12: a second S3 implementation, one that honours
+# moto's S3 server, started only by `moto-up`, for G12 (docs/reliability.md): a second S3 implementation, one that honours
 # create-only writes (If-None-Match: *), so glowd's start-up self-test must pass on it as it does on MinIO. From PyPI
 # into its own venv (the demo's torch venv needs none of it), pinned.
 MOTO_VERSION=5.2.5

@@ -2,8 +2,8 @@
 # dev-stack part, sourced by scripts/dev-stack after kafka.sh (whose jars, DevstackAdmin helper, cluster-id and
 # log4j files this broker uses too).
 
-# A second single-node KRaft broker, started only by `secure-up`, for the TLS/SASL enforcement tests (RELIABILITY.md
-# G17). Its listeners, all on 127.0.0.1:
+# A second single-node KRaft broker, started only by `secure-up`, for the TLS/SASL enforcement tests (G17 in
+# docs/reliability.md). Its listeners, all on 127.0.0.1:
 #   SECURE    SASL_SSL, SCRAM-SHA-512, certificate for DNS:localhost + IP:127.0.0.1 (signed by a throwaway CA)
 #   BADHOST   SASL_SSL, SCRAM-SHA-512, certificate for wrong-host.invalid only (same CA): hostname verification fails
 #   INTERNAL  PLAINTEXT, for inter-broker traffic and this script's topic helper only (bound to 127.0.0.1; the tests

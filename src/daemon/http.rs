@@ -19,7 +19,7 @@ pub struct Health {
     /// Set on SIGTERM: readiness goes false so no new traffic is routed here while draining.
     pub draining: Arc<AtomicBool>,
     /// The consumer's state, once it has started.
-    pub source: Arc<std::sync::OnceLock<Arc<super::kafka::SourceState>>>,
+    pub source: Arc<std::sync::OnceLock<Arc<crate::kafka::SourceState>>>,
 }
 
 pub fn router(h: Health) -> Router {
@@ -71,7 +71,7 @@ pub async fn serve(listen: &str, h: Health) -> Result<std::net::SocketAddr, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::kafka::SourceState;
+    use crate::kafka::SourceState;
 
     fn health(max_poll_silence_seconds: f64) -> Health {
         let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder().handle();
@@ -89,7 +89,7 @@ mod tests {
         state.last_poll_ms.store(now - seconds * 1000, Ordering::Relaxed);
     }
 
-    /// RELIABILITY.md G19's wedged poll loop, at the unit level (a real process cannot be wedged from outside
+    /// G19's wedged poll loop (docs/reliability.md), at the unit level (a real process cannot be wedged from outside
     /// without stopping its HTTP server too): liveness holds while the loop turns, fails once it has been silent
     /// past the bound, and the bound is the setting's.
     #[tokio::test]

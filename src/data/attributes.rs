@@ -1,5 +1,5 @@
 //! Attribute labels: CelebA's `list_attr_celeba.txt`, or a CSV with a `file` column and one column per attribute.
-use super::DataError;
+use super::error::DataError;
 use std::path::Path;
 
 /// Per file, per attribute: Some(true/false), or None when unlabelled (0 in CelebA-style ±1 files is not used).

@@ -1,5 +1,5 @@
 //! MNIST / Fashion-MNIST IDX image files (`*-idx3-ubyte`, optionally gzipped).
-use super::DataError;
+use super::error::DataError;
 use std::io::Read;
 use std::path::Path;
 

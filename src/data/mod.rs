@@ -2,21 +2,19 @@
 //! loaded into memory as u8 planes of the model's size, with a stable train/validation split. Images of another
 //! size are resized only when the target's [`Fit`] asks for it (`--resize`, or a `--crop` box); otherwise they are
 //! reported and skipped like unreadable files.
-use crate::imageio::{self, Fit, Pixels};
+use crate::codec::image::{self as imageio, Fit, Pixels};
 use image::DynamicImage;
 use std::path::{Path, PathBuf};
+
+/// Fraction of a dataset `glowd train` holds out for validation unless told otherwise (and `glowd eval` assumes).
+pub const DEFAULT_VAL_FRACTION: f64 = 0.05;
 
 pub mod attributes;
 pub mod idx;
 pub mod npy;
+mod error;
 
-#[derive(Debug, thiserror::Error)]
-pub enum DataError {
-    #[error("{path}: {message}")]
-    File { path: PathBuf, message: String },
-    #[error("{path}: no usable images{}", report.as_deref().map(|r| format!(" ({r})")).unwrap_or_default())]
-    Empty { path: PathBuf, report: Option<String> },
-}
+pub use error::DataError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {

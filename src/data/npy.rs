@@ -1,5 +1,5 @@
 //! Image stacks stored as NumPy `.npy` arrays (e.g. scikit-image's `lfw_subset.npy`).
-use super::DataError;
+use super::error::DataError;
 use image::DynamicImage;
 use std::path::Path;
 use tch::{Kind, Tensor};

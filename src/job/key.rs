@@ -1,4 +1,4 @@
-//! S3 URIs and object-key confinement (ARCHITECTURE.md contract item 7, RELIABILITY.md G15).
+//! S3 URIs and object-key confinement (docs/reliability.md, contract items 7, 9 and 10; G15).
 //!
 //! S3 itself treats a key as opaque bytes, so `a/../b` is a legal, distinct object there. The danger is in
 //! everything around it: S3-compatible servers and proxies that normalise paths, the embedded mode that maps keys

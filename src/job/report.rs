@@ -1,6 +1,6 @@
 //! What the daemon writes back about a job: the results-topic record (`schemas/result.v1.json`) and the manifest
 //! written last beside the outputs (`schemas/manifest.v1.json`).
-use super::{Job, JobError, JobId, JobKind, ModelRef};
+use super::{ErrorKind, Job, JobError, JobId, JobKind, ModelRef, Stage};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
@@ -37,31 +37,18 @@ pub enum JobStatus {
     Skipped,
 }
 
-/// The pipeline stage where a job failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Stage {
-    Parse,
-    Fetch,
-    Decode,
-    Batch,
-    Device,
-    Encode,
-    Put,
-    Report,
-}
 
 /// Why a job was dead-lettered; the same three fields go into the DLQ record's headers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobFailure {
-    pub kind: String,
+    pub kind: ErrorKind,
     pub message: String,
     pub stage: Stage,
 }
 
 impl JobFailure {
-    pub fn new(kind: &str, message: &str, stage: Stage) -> Self {
+    pub fn new(kind: ErrorKind, message: &str, stage: Stage) -> Self {
         let message = if message.chars().count() > MAX_ERROR_MESSAGE_CHARS {
             let mut m: String = message.chars().take(MAX_ERROR_MESSAGE_CHARS - 1).collect();
             m.push('…');
@@ -69,7 +56,7 @@ impl JobFailure {
         } else {
             message.to_string()
         };
-        JobFailure { kind: kind.to_string(), message, stage }
+        JobFailure { kind, message, stage }
     }
 }
 

@@ -1,5 +1,5 @@
 //! Plain pixel planes ↔ tensors: the only place images cross into tch.
-use crate::imageio::Pixels;
+use crate::codec::image::Pixels;
 use tch::{Device, Kind, Tensor};
 
 /// Stacks images of one size into a `(N, C, S, S)` u8 tensor.

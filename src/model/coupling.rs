@@ -1,8 +1,8 @@
 //! Affine (or additive) coupling: half the channels pass unchanged and parametrise a map of the other half.
-use super::ExactConv;
+use super::conv::ExactConv;
 use super::config::{CouplingKind, ZeroConvPadding};
 use super::zero_conv::{FoldedConv, ZeroConv};
-use super::Layout;
+use super::conv::Layout;
 use tch::{nn, Kind, Tensor};
 
 pub struct Coupling {

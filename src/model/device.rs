@@ -96,3 +96,17 @@ mod tests {
         }
     }
 }
+
+/// Flush denormal floats to zero (FTZ and DAZ bits of MXCSR) before libtorch starts its worker threads, which
+/// inherit the setting. Training drifts many values (Adam's second moments, small gradients) into the denormal
+/// range, where every x86 float operation takes ~100x longer: a 32x32 face model slowed from 200 to 20 images/s
+/// after a thousand steps without this. PyTorch offers the same as `torch.set_flush_denormal(True)`.
+pub fn flush_denormals() {
+    #[cfg(target_arch = "x86_64")]
+    #[allow(deprecated)]
+    // SAFETY: only sets two rounding-mode bits of this thread's MXCSR register.
+    unsafe {
+        use std::arch::x86_64::{_mm_getcsr, _mm_setcsr};
+        _mm_setcsr(_mm_getcsr() | 0x8040);
+    }
+}

@@ -2,7 +2,8 @@
 //! model as `directions.safetensors` (tensors `<attribute>.z.<level>`) and `directions.json` (provenance).
 use super::error::{ModelError, Result};
 use super::weights::{read_safetensors, tensor_from_f32, write_safetensors, WEIGHTS_FILE};
-use super::{Glow, GlowConfig};
+use super::config::GlowConfig;
+use super::glow::Glow;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -107,46 +108,14 @@ impl Directions {
     /// Reads a model folder's directions, or None when it has none. Fails when they belong to other weights or
     /// do not fit the model's latent shapes.
     pub fn load(model_dir: &Path, config: &GlowConfig) -> Result<Option<Directions>> {
-        let path = model_dir.join(DIRECTIONS_FILE);
-        if !path.exists() {
-            return Ok(None);
-        }
-        let summary_path = model_dir.join(DIRECTIONS_SUMMARY);
-        let text = std::fs::read_to_string(&summary_path).map_err(|e| ModelError::file(&summary_path, e))?;
-        let summary: DirectionsSummary =
-            serde_json::from_str(&text).map_err(|e| ModelError::file(&summary_path, e))?;
-        let fingerprint = model_fingerprint(model_dir)?;
-        if summary.model_fingerprint != fingerprint {
-            return Err(ModelError::file(
-                &path,
-                format!(
-                    "these directions were computed for another model (fingerprint {}, this model's weights are {fingerprint}): recompute them with `glowd directions`",
-                    summary.model_fingerprint
-                ),
-            ));
-        }
-        let (tensors, _) = read_safetensors(&path)?;
-        let shapes = config.latent_shapes();
-        let mut vectors = BTreeMap::new();
-        for name in summary.attributes.keys() {
-            let mut levels = Vec::new();
-            for (i, &(c, h, w)) in shapes.iter().enumerate() {
-                let key = format!("{name}.z.{i}");
-                let (shape, values) = tensors
-                    .get(&key)
-                    .ok_or_else(|| ModelError::file(&path, format!("missing tensor `{key}`")))?;
-                if shape != &[c, h, w] {
-                    return Err(ModelError::ShapeMismatch {
-                        path: path.clone(),
-                        name: key,
-                        expected: vec![c, h, w],
-                        found: shape.clone(),
-                    });
-                }
-                levels.push(tensor_from_f32(shape, values).unsqueeze(0));
-            }
-            vectors.insert(name.clone(), levels);
-        }
+        let Some((summary, values)) = load_values(model_dir, config)? else { return Ok(None) };
+        let vectors = values
+            .into_iter()
+            .map(|(name, levels)| {
+                let tensors = levels.iter().map(|(shape, v)| tensor_from_f32(shape, v).unsqueeze(0)).collect();
+                (name, tensors)
+            })
+            .collect();
         Ok(Some(Directions { summary, vectors }))
     }
 
@@ -207,4 +176,53 @@ impl Glow {
         }
         Vec::<f64>::try_from(scores / dn).expect("1-d")
     }
+}
+
+/// Each direction of a model folder as plain numbers: every level's values, finest first, flattened (C, H, W
+/// order within a level), as the Parquet datasets store latents. For the tools, which need no tensors.
+pub fn load_flat(model_dir: &Path, config: &GlowConfig) -> Result<Option<BTreeMap<String, Vec<f32>>>> {
+    Ok(load_values(model_dir, config)?.map(|(_, values)| {
+        values.into_iter().map(|(name, levels)| (name, levels.into_iter().flat_map(|(_, v)| v).collect())).collect()
+    }))
+}
+
+/// One direction's levels: shape and values.
+type Levels = Vec<(Vec<i64>, Vec<f32>)>;
+
+/// The summary and every direction's levels, checked against the weights' fingerprint and the latent shapes.
+fn load_values(model_dir: &Path, config: &GlowConfig) -> Result<Option<(DirectionsSummary, BTreeMap<String, Levels>)>> {
+    let path = model_dir.join(DIRECTIONS_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let summary_path = model_dir.join(DIRECTIONS_SUMMARY);
+    let text = std::fs::read_to_string(&summary_path).map_err(|e| ModelError::file(&summary_path, e))?;
+    let summary: DirectionsSummary = serde_json::from_str(&text).map_err(|e| ModelError::file(&summary_path, e))?;
+    let fingerprint = model_fingerprint(model_dir)?;
+    if summary.model_fingerprint != fingerprint {
+        return Err(ModelError::file(
+            &path,
+            format!(
+                "these directions were computed for another model (fingerprint {}, this model's weights are {fingerprint}): recompute them with `glowd directions`",
+                summary.model_fingerprint
+            ),
+        ));
+    }
+    let (mut tensors, _) = read_safetensors(&path)?;
+    let shapes = config.latent_shapes();
+    let mut vectors = BTreeMap::new();
+    for name in summary.attributes.keys() {
+        let mut levels = Vec::new();
+        for (i, &(c, h, w)) in shapes.iter().enumerate() {
+            let key = format!("{name}.z.{i}");
+            let (shape, values) =
+                tensors.remove(&key).ok_or_else(|| ModelError::file(&path, format!("missing tensor `{key}`")))?;
+            if shape != [c, h, w] {
+                return Err(ModelError::ShapeMismatch { path: path.clone(), name: key, expected: vec![c, h, w], found: shape });
+            }
+            levels.push((shape, values));
+        }
+        vectors.insert(name.clone(), levels);
+    }
+    Ok(Some((summary, vectors)))
 }

@@ -1,16 +1,6 @@
 //! Errors of the model boundary. Every variant says what the caller should do with the job that hit it.
+use crate::disposition::Disposition;
 use std::path::PathBuf;
-
-/// What a caller (CLI, daemon) should do after an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposition {
-    /// Transient: try the same work again later (bounded, with backoff).
-    Retry,
-    /// The input is bad and will stay bad: report it and move on.
-    DeadLetter,
-    /// The process cannot continue meaningfully (broken model files, device lost).
-    Fatal,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

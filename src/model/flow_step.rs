@@ -1,10 +1,10 @@
 //! One flow step: ActNorm → invertible 1x1 conv → coupling.
-use super::ExactConv;
+use super::conv::ExactConv;
 use super::actnorm::ActNorm;
 use super::config::GlowConfig;
 use super::coupling::{Coupling, FoldedCoupling};
 use super::invconv::InvConv;
-use super::Layout;
+use super::conv::Layout;
 use tch::{nn, Kind, Tensor};
 
 pub struct FlowStep {

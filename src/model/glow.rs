@@ -3,7 +3,7 @@ use super::config::{GlowConfig, PixelConvention};
 use super::error::{ModelError, Result};
 use super::flow_step::{FlowStep, FoldedStep};
 use super::zero_conv::{FoldedConv, ZeroConv};
-use super::Layout;
+use super::conv::Layout;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};

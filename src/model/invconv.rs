@@ -1,6 +1,6 @@
 //! Invertible 1x1 convolution: a C×C matrix W applied at every position. In LU form
 //! `W = P·L·(U + diag(sign_s·exp(log_abs_s)))` its log-determinant is `H·W·Σ log_abs_s`, O(C).
-use super::ExactConv;
+use super::conv::ExactConv;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use tch::{nn, Kind, Tensor};

@@ -1,59 +1,51 @@
-//! One image's latents as a safetensors file: `z.0` … `z.{L-1}` (finest level first, shapes without the batch
-//! dimension) and metadata with the likelihood and the model's latent shapes.
+//! One image's latents as a file ([`crate::codec::latents`] holds the format), from and to tensors.
 use super::config::GlowConfig;
 use super::error::{ModelError, Result};
-use super::weights::{read_safetensors, tensor_from_f32, write_safetensors};
-use std::collections::{BTreeMap, HashMap};
+use super::weights::{tensor_from_f32, tensor_to_f32};
+use crate::codec::latents::{from_bytes, to_bytes, LatentData};
 use std::path::Path;
 use tch::Tensor;
 
-pub const LATENTS_FORMAT: &str = "glowd-latents-v1";
+pub use crate::codec::latents::LATENTS_FORMAT;
+
+/// Plain numbers of level tensors (each `(c, h, w)` or `(1, c, h, w)`).
+pub fn latent_data(z: &[Tensor]) -> LatentData {
+    LatentData {
+        levels: z
+            .iter()
+            .map(|t| {
+                let s = t.size();
+                let shape = [s[s.len() - 3] as usize, s[s.len() - 2] as usize, s[s.len() - 1] as usize];
+                (shape, tensor_to_f32(t))
+            })
+            .collect(),
+    }
+}
 
 /// Writes level tensors of one image (each `(c, h, w)`, or `(1, c, h, w)`).
 pub fn write_latents(path: &Path, z: &[Tensor], bits_per_dim: f64) -> Result<()> {
-    let tensors: BTreeMap<String, Tensor> = z
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let t = if t.dim() == 4 { t.squeeze_dim(0) } else { t.shallow_clone() };
-            (format!("z.{i}"), t)
-        })
-        .collect();
-    // One metadata entry: safetensors writes its metadata map in hash order, so two entries would make the same
-    // latents give different bytes from run to run.
-    let metadata = HashMap::from([(
-        "glowd".to_string(),
-        serde_json::json!({"format": LATENTS_FORMAT, "bits_per_dim": bits_per_dim}).to_string(),
-    )]);
-    write_safetensors(path, &tensors, Some(metadata))
+    let bytes = to_bytes(&latent_data(z), bits_per_dim).map_err(|e| ModelError::file(path, e))?;
+    std::fs::write(path, bytes).map_err(|e| ModelError::file(path, e))
 }
 
 /// Reads one image's latents and checks them against the model: returns one `(1, c, h, w)` tensor per level.
 pub fn read_latents(path: &Path, config: &GlowConfig) -> Result<Vec<Tensor>> {
-    let (tensors, _meta) = read_safetensors(path)?;
+    let bytes = std::fs::read(path).map_err(|e| ModelError::file(path, e))?;
+    let (data, _bits_per_dim) = from_bytes(&bytes).map_err(|e| ModelError::file(path, e))?;
     let shapes = config.latent_shapes();
-    let mut out = Vec::with_capacity(shapes.len());
-    for (i, (c, h, w)) in shapes.iter().enumerate() {
-        let name = format!("z.{i}");
-        let (shape, values) = tensors.get(&name).ok_or_else(|| {
-            ModelError::file(path, format!("missing tensor `{name}` (the model has {} levels)", shapes.len()))
-        })?;
-        if shape != &[*c, *h, *w] {
-            return Err(ModelError::ShapeMismatch {
-                path: path.into(),
-                name,
-                expected: vec![*c, *h, *w],
-                found: shape.clone(),
-            });
-        }
-        out.push(tensor_from_f32(shape, values).unsqueeze(0));
-    }
-    if tensors.len() != shapes.len() {
-        let extra: Vec<&String> = tensors.keys().filter(|k| !k.starts_with("z.")).collect();
+    if data.levels.len() != shapes.len() {
         return Err(ModelError::file(
             path,
-            format!("{} tensors, expected {} levels (extra: {extra:?})", tensors.len(), shapes.len()),
+            format!("{} levels, the model has {}", data.levels.len(), shapes.len()),
         ));
+    }
+    let mut out = Vec::with_capacity(shapes.len());
+    for (i, ((c, h, w), (shape, values))) in shapes.iter().zip(&data.levels).enumerate() {
+        let found: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        if found != [*c, *h, *w] {
+            return Err(ModelError::ShapeMismatch { path: path.into(), name: format!("z.{i}"), expected: vec![*c, *h, *w], found });
+        }
+        out.push(tensor_from_f32(&found, values).unsqueeze(0));
     }
     Ok(out)
 }

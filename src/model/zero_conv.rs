@@ -1,8 +1,8 @@
 //! A 3x3 convolution initialised to zero whose output is scaled by `exp(3·logscale)`: the last layer of every
 //! coupling network and the priors, so that a fresh Glow starts as the identity map with a standard normal prior.
-use super::ExactConv;
+use super::conv::ExactConv;
 use super::config::ZeroConvPadding;
-use super::Layout;
+use super::conv::Layout;
 use tch::{nn, Tensor};
 
 pub struct ZeroConv {

@@ -71,7 +71,7 @@ async fn batch_loop(model: usize, rx: Arc<Mutex<mpsc::Receiver<BatchItem>>>, wor
     }
 }
 
-/// G18 (RELIABILITY.md): a fake device that takes `t(b) = a + b·c`, under a saturating load and a trickle.
+/// G18 (docs/reliability.md): a fake device that takes `t(b) = a + b·c`, under a saturating load and a trickle.
 #[cfg(test)]
 mod tests {
     use super::*;

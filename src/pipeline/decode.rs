@@ -1,17 +1,16 @@
-//! Untrusted image bytes → the model's pixel planes, defensively (RELIABILITY.md decision 8): a byte cap, a format
+//! Untrusted image bytes → the model's pixel planes, defensively (docs/reliability.md, contract item 8): a byte cap, a format
 //! allow-list checked against the bytes (never the key's extension), the header's dimensions checked before any
 //! pixel is decoded, `image::Limits` on the decoder (width/height strict, `max_alloc`), then the crop box and the
 //! resize to the model.
 use super::error::StageError;
-use super::settings::ImageSettings;
-use crate::imageio::{image_to_pixels, Fit, ImageError, Pixels};
-use crate::job::Stage;
+use crate::settings::ImageSettings;
+use crate::codec::image::{image_to_pixels, Fit, ImageError, Pixels};
+use crate::job::{ErrorKind, Stage};
 use image::{ImageFormat, ImageReader, Limits};
 use std::io::Cursor;
 use std::path::Path;
 
-/// Input formats a pipeline may accept (`image_formats` in the pipeline file).
-pub const KNOWN_FORMATS: [&str; 4] = ["png", "jpeg", "webp", "gif"];
+pub use crate::codec::image::KNOWN_FORMATS;
 
 fn format_name(f: ImageFormat) -> &'static str {
     match f {
@@ -33,20 +32,20 @@ pub fn decode_image(
 ) -> Result<Pixels, StageError> {
     let dead = |kind, m: String| StageError::dead(kind, Stage::Decode, format!("{label}: {m}"));
     if bytes.is_empty() {
-        return Err(dead("empty_input", "the object is empty (0 bytes)".into()));
+        return Err(dead(ErrorKind::EmptyInput, "the object is empty (0 bytes)".into()));
     }
     if bytes.len() as u64 > settings.max_input_bytes {
         return Err(dead(
-            "input_too_large",
+            ErrorKind::InputTooLarge,
             format!("{} bytes, over the {}-byte limit", bytes.len(), settings.max_input_bytes),
         ));
     }
     let allowed = settings.formats.join(", ");
     let format = image::guess_format(bytes)
-        .map_err(|_| dead("unsupported_format", format!("not a recognised image (accepted: {allowed})")))?;
+        .map_err(|_| dead(ErrorKind::UnsupportedFormat, format!("not a recognised image (accepted: {allowed})")))?;
     let name = format_name(format);
     if !settings.formats.iter().any(|f| f == name) {
-        return Err(dead("unsupported_format", format!("{name} images are not accepted (accepted: {allowed})")));
+        return Err(dead(ErrorKind::UnsupportedFormat, format!("{name} images are not accepted (accepted: {allowed})")));
     }
     let mut limits = Limits::default();
     limits.max_image_width = Some(settings.max_side);
@@ -60,32 +59,32 @@ pub fn decode_image(
     // The header first: a small file declaring a huge image is refused before any allocation.
     let (w, h) = reader(limits.clone()).into_dimensions().map_err(|e| map_image_error(e, label))?;
     if w == 0 || h == 0 {
-        return Err(dead("corrupt_image", format!("{w}x{h} image")));
+        return Err(dead(ErrorKind::CorruptImage, format!("{w}x{h} image")));
     }
     if w > settings.max_side || h > settings.max_side || u64::from(w) * u64::from(h) > settings.max_pixels {
         return Err(dead(
-            "over_pixel_limit",
+            ErrorKind::OverPixelLimit,
             format!("{w}x{h} image, over the limits ({} pixels, {} per side)", settings.max_pixels, settings.max_side),
         ));
     }
     let img = reader(limits).decode().map_err(|e| map_image_error(e, label))?;
     let fit = Fit { crop: settings.crop.map(|[l, t, r, b]| (l, t, r, b)), resize: settings.resize };
     image_to_pixels(img, Path::new(label), channels, size, fit).map_err(|e| match e {
-        ImageError::WrongChannels { .. } => StageError::dead("wrong_channels", Stage::Decode, e.to_string()),
-        other => StageError::dead("wrong_size", Stage::Decode, other.to_string()),
+        ImageError::WrongChannels { .. } => StageError::dead(ErrorKind::WrongChannels, Stage::Decode, e.to_string()),
+        other => StageError::dead(ErrorKind::WrongSize, Stage::Decode, other.to_string()),
     })
 }
 
 fn map_image_error(e: image::ImageError, label: &str) -> StageError {
     use image::ImageError as E;
     let (kind, m) = match &e {
-        E::Limits(_) => ("over_pixel_limit", format!("over the decoding limits ({e})")),
-        E::Unsupported(_) => ("unsupported_format", e.to_string()),
-        E::Decoding(_) | E::Parameter(_) => ("corrupt_image", format!("cannot decode ({e})")),
+        E::Limits(_) => (ErrorKind::OverPixelLimit, format!("over the decoding limits ({e})")),
+        E::Unsupported(_) => (ErrorKind::UnsupportedFormat, e.to_string()),
+        E::Decoding(_) | E::Parameter(_) => (ErrorKind::CorruptImage, format!("cannot decode ({e})")),
         E::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            ("corrupt_image", "truncated image data".to_string())
+            (ErrorKind::CorruptImage, "truncated image data".to_string())
         }
-        _ => ("corrupt_image", format!("cannot decode ({e})")),
+        _ => (ErrorKind::CorruptImage, format!("cannot decode ({e})")),
     };
     StageError::dead(kind, Stage::Decode, format!("{label}: {m}"))
 }

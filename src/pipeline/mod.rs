@@ -18,20 +18,24 @@
 //! jobs are bounded by a semaphore taken *before* the next envelope is, so a full pipeline stops taking work.
 pub mod batcher;
 pub mod decode;
-pub mod embedded;
+mod envelope;
 pub mod error;
 pub mod output;
+mod prepare;
 pub mod report;
-pub mod settings;
+mod stage_io;
 pub mod store;
 
+pub use envelope::{Ack, Envelope};
 pub use error::StageError;
+use prepare::{encode_outputs, prepare};
 pub use report::{DeadLetter, JsonlReporter, Reporter};
-pub use settings::PipelineSettings;
+pub use crate::settings::PipelineSettings;
 pub use store::{LocalStore, ObjectStore, PutOutcome, StoreError};
 
-use crate::imageio::Pixels;
+use crate::codec::image::Pixels;
 use crate::job::{
+    ErrorKind,
     self, AllowedPrefix, Disposition, Job, JobFailure, JobId, JobParser, JobResult, JobSpec, JobStatus, Manifest,
     MediaType, ModelProvenance, OutputEntry, SourcePosition, Stage, Timings,
 };
@@ -44,39 +48,6 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Called once when a job is finished (done or dead-lettered, and reported).
-pub type Ack = Box<dyn FnOnce() + Send>;
-
-/// One job message and where it came from.
-pub struct Envelope {
-    pub payload: Vec<u8>,
-    /// Topic, partition and offset (the embedded mode uses the jobs file's name, partition 0, the line number).
-    pub source: Option<SourcePosition>,
-    pub ack: Option<Ack>,
-    /// When the source handed it over (for `queued_seconds`).
-    pub received: Instant,
-    /// The job message's W3C `traceparent` header, carried to its log span and its dead letter.
-    pub traceparent: Option<String>,
-}
-
-impl Envelope {
-    pub fn new(payload: Vec<u8>, source: Option<SourcePosition>, ack: Option<Ack>) -> Self {
-        Envelope { payload, source, ack, received: Instant::now(), traceparent: None }
-    }
-
-    /// Keeps `value` as the trace context when it has the W3C shape (`00-<32 hex>-<16 hex>-<2 hex>`); anything
-    /// else is dropped rather than passed on.
-    pub fn with_traceparent(mut self, value: Option<&[u8]>) -> Self {
-        self.traceparent = value.and_then(|v| std::str::from_utf8(v).ok()).filter(|v| is_traceparent(v)).map(str::to_string);
-        self
-    }
-}
-
-fn is_traceparent(v: &str) -> bool {
-    let parts: Vec<&str> = v.split('-').collect();
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
-    parts.len() == 4 && hex(parts[0], 2) && hex(parts[1], 32) && hex(parts[2], 16) && hex(parts[3], 2)
-}
 
 /// Where a job's message came from: its position and its trace context.
 #[derive(Clone, Copy)]
@@ -132,8 +103,6 @@ pub struct Pipeline {
     counters: Counters,
 }
 
-/// A stage gave up because the job is being abandoned.
-const ABANDONED: &str = "abandoned";
 
 impl Pipeline {
     /// Checks the settings, starts a batcher per (model, worker). Every worker must hold the same models in the
@@ -243,7 +212,7 @@ impl Pipeline {
         if tokio::time::timeout(deadline, tracker.wait()).await.is_err() {
             tracing::warn!(left = tracker.len(), "drain deadline passed: abandoning the jobs still in flight");
             self.abandon.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+            let _ = tokio::time::timeout(ABANDON_WAIT, tracker.wait()).await;
         }
         match self.fatal_error() {
             Some(e) => Err(e),
@@ -273,7 +242,7 @@ impl Pipeline {
     }
 
     fn set_fatal(&self, e: StageError) {
-        tracing::error!(kind = e.kind, stage = ?e.stage, error = %e.message, "fatal: the pipeline stops");
+        tracing::error!(kind = e.kind.as_str(), stage = ?e.stage, error = %e.message, "fatal: the pipeline stops");
         let mut f = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
         f.get_or_insert(e);
         self.intake.cancel();
@@ -329,14 +298,14 @@ impl Pipeline {
                         tracing::info!(parent: &span, "{outcome}");
                         Outcome::Done
                     }
-                    Err(e) if e.kind == ABANDONED => Outcome::Abandoned,
+                    Err(e) if e.abandoned => Outcome::Abandoned,
                     Err(e) => {
                         self.set_fatal(e);
                         Outcome::Abandoned
                     }
                 }
             }
-            Err((e, _)) if e.kind == ABANDONED => Outcome::Abandoned,
+            Err((e, _)) if e.abandoned => Outcome::Abandoned,
             Err((e, _)) if e.disposition == Disposition::Fatal => {
                 self.set_fatal(e);
                 Outcome::Abandoned
@@ -360,7 +329,7 @@ impl Pipeline {
         timings: Timings,
     ) -> Outcome {
         let source = at.source;
-        tracing::warn!(job = id.map(|i| i.as_str()).unwrap_or("-"), kind = e.kind, stage = ?e.stage,
+        tracing::warn!(job = id.map(|i| i.as_str()).unwrap_or("-"), kind = e.kind.as_str(), stage = ?e.stage,
             topic = source.map(|s| s.topic.as_str()).unwrap_or(""), partition = source.map(|s| s.partition).unwrap_or(-1),
             offset = source.map(|s| s.offset).unwrap_or(-1), error = %e.message, "dead-lettered");
         let failure: JobFailure = e.failure();
@@ -397,10 +366,10 @@ impl Pipeline {
             Ok(()) => {
                 let kind = job.map(|j| j.kind().as_str()).unwrap_or("unknown");
                 metrics::counter!("glowd_jobs_total", "kind" => kind, "outcome" => "dead_lettered").increment(1);
-                metrics::counter!("glowd_dead_letters_total", "reason" => e.kind).increment(1);
+                metrics::counter!("glowd_dead_letters_total", "reason" => e.kind.as_str()).increment(1);
                 Outcome::DeadLettered
             }
-            Err(err) if err.kind == ABANDONED => Outcome::Abandoned,
+            Err(err) if err.abandoned => Outcome::Abandoned,
             Err(err) => {
                 self.set_fatal(err);
                 Outcome::Abandoned
@@ -408,74 +377,11 @@ impl Pipeline {
         }
     }
 
-    /// Reporting is retried until it works or the job is abandoned: a job is not finished until it is reported,
-    /// and giving up would mean dead-lettering through the very sink that fails.
-    async fn report<'a, F>(&'a self, mut f: impl FnMut() -> F, stage: Stage) -> Result<(), StageError>
-    where
-        F: std::future::Future<Output = Result<(), report::ReportError>> + 'a,
-    {
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            match f().await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    tracing::warn!(attempt, error = %e, "reporting failed, retrying");
-                    metrics::counter!("glowd_retries_total", "stage" => "report").increment(1);
-                    let wait = self.settings.retry.backoff(attempt);
-                    tokio::select! {
-                        _ = self.abandon.cancelled() => return Err(StageError::retry(ABANDONED, stage, "shutdown")),
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
-            }
-        }
-    }
 
-    /// Runs `f` until it succeeds, fails for good, or fails transiently for longer than the retry budget (then
-    /// `retries_exhausted`). Returns the error with the number of attempts.
-    async fn retrying<'a, T, F>(&'a self, mut f: impl FnMut() -> F) -> Result<T, (StageError, u32)>
-    where
-        F: std::future::Future<Output = Result<T, StageError>> + 'a,
-    {
-        let start = Instant::now();
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let e = match f().await {
-                Ok(v) => return Ok(v),
-                Err(e) => e,
-            };
-            if e.disposition != Disposition::Retry || e.kind == ABANDONED {
-                return Err((e, attempt));
-            }
-            if start.elapsed() >= self.settings.retry.budget() {
-                let message = format!(
-                    "gave up after {attempt} attempts over {:.1} s: {}",
-                    start.elapsed().as_secs_f64(),
-                    e.message
-                );
-                return Err((StageError::dead("retries_exhausted", e.stage, message), attempt));
-            }
-            let stage = format!("{:?}", e.stage).to_lowercase();
-            metrics::counter!("glowd_retries_total", "stage" => stage).increment(1);
-            tracing::warn!(attempt, kind = e.kind, error = %e.message, "transient failure, retrying");
-            let wait = self.settings.retry.backoff(attempt);
-            tokio::select! {
-                _ = self.abandon.cancelled() => return Err((StageError::retry(ABANDONED, e.stage, "shutdown"), attempt)),
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
-    }
 
-    fn stage_time(timing: &mut Option<f64>, since: Instant, stage: &'static str) {
-        let s = since.elapsed().as_secs_f64();
-        *timing = Some(timing.unwrap_or(0.0) + s);
-        metrics::histogram!("glowd_stage_seconds", "stage" => stage).record(s);
-    }
 
-    /// Everything after parsing: returns the keys written and the bits/dim, or the error and attempts made.
-    /// Runs a job to its written outputs: (keys, bits/dim, why it was skipped instead, if it was).
+    /// Runs a job to its written outputs: (keys, bits/dim, why it was skipped instead, if it was), or the error
+    /// and the attempts made.
     async fn run_job(
         &self,
         job: &Job,
@@ -483,7 +389,29 @@ impl Pipeline {
     ) -> Result<(Vec<String>, Vec<f64>, Option<String>), (StageError, u32)> {
         let (model_index, info) = self.model_for(job).map_err(|e| (e, 1))?;
         let prepared = prepare(job, info).map_err(|e| (e, 1))?;
-        // Fetch and decode the inputs.
+        let (images, _decoded_bytes) = self.fetch_and_decode(job, info, timings).await?;
+        let t = Instant::now();
+        let op = prepared.op(images);
+        let output = self.retrying(|| self.on_device(model_index, op.clone())).await?;
+        Self::stage_time(&mut timings.device_seconds, t, "device");
+        if self.settings.gate.action == crate::settings::GateAction::Skip {
+            if let Some(reason) = self.settings.gate.over(&output.bits_per_dim) {
+                return Ok((vec![], output.bits_per_dim.clone(), Some(reason)));
+            }
+        }
+        let encoded = self.encode(job, &output, timings).await?;
+        let keys = self.write(job, info, encoded, &output.bits_per_dim, timings).await?;
+        Ok((keys, output.bits_per_dim, None))
+    }
+
+    /// Fetches the job's inputs and decodes them to the model's pixels. The returned permit holds the job's share
+    /// of `max_in_flight_bytes` until the job is done with its inputs.
+    async fn fetch_and_decode(
+        &self,
+        job: &Job,
+        info: &ModelInfo,
+        timings: &mut Timings,
+    ) -> Result<(Vec<Pixels>, tokio::sync::OwnedSemaphorePermit), (StageError, u32)> {
         let t = Instant::now();
         let mut blobs = Vec::new();
         for uri in job.inputs() {
@@ -494,36 +422,33 @@ impl Pipeline {
         let total: usize = blobs.iter().map(|(_, b)| b.len()).sum();
         let kib = (total.div_ceil(1024) as u64).clamp(1, self.settings.limits.max_in_flight_bytes.div_ceil(1024).max(1))
             as u32;
-        let _bytes = tokio::select! {
-            _ = self.abandon.cancelled() => return Err((StageError::retry(ABANDONED, Stage::Fetch, "shutdown"), 1)),
+        let bytes_permit = tokio::select! {
+            _ = self.abandon.cancelled() => return Err((StageError::abandoned(Stage::Fetch), 1)),
             p = self.byte_permits.clone().acquire_many_owned(kib) => p.expect("never closed"),
         };
         let t = Instant::now();
-        let images = {
-            let settings = self.settings.images.clone();
-            let (channels, size) = (info.channels, info.image_size);
-            tokio::task::spawn_blocking(move || {
-                blobs
-                    .iter()
-                    .map(|(label, bytes)| decode::decode_image(bytes, &settings, channels, size, label))
-                    .collect::<Result<Vec<Pixels>, StageError>>()
-            })
-            .await
-            .map_err(|e| (StageError::retry("decode_panic", Stage::Decode, e.to_string()), 1))?
-            .map_err(|e| (e, 1))?
-        };
+        let settings = self.settings.images.clone();
+        let (channels, size) = (info.channels, info.image_size);
+        let images = tokio::task::spawn_blocking(move || {
+            blobs
+                .iter()
+                .map(|(label, bytes)| decode::decode_image(bytes, &settings, channels, size, label))
+                .collect::<Result<Vec<Pixels>, StageError>>()
+        })
+        .await
+        .map_err(|e| (StageError::retry(ErrorKind::DecodePanic, Stage::Decode, e.to_string()), 1))?
+        .map_err(|e| (e, 1))?;
         Self::stage_time(&mut timings.decode_seconds, t, "decode");
-        // The device.
-        let t = Instant::now();
-        let op = prepared.op(images);
-        let output = self.retrying(|| self.on_device(model_index, op.clone())).await?;
-        Self::stage_time(&mut timings.device_seconds, t, "device");
-        if self.settings.gate.action == settings::GateAction::Skip {
-            if let Some(reason) = self.settings.gate.over(&output.bits_per_dim) {
-                return Ok((vec![], output.bits_per_dim.clone(), Some(reason)));
-            }
-        }
-        // Encode the outputs.
+        Ok((images, bytes_permit))
+    }
+
+    /// Encodes the device's answer into the job's output files, one per output name, off the runtime's threads.
+    async fn encode(
+        &self,
+        job: &Job,
+        output: &DeviceOutput,
+        timings: &mut Timings,
+    ) -> Result<Vec<(Vec<u8>, MediaType)>, (StageError, u32)> {
         let t = Instant::now();
         let names = job.output_names();
         let encoded = {
@@ -531,19 +456,30 @@ impl Pipeline {
             let output = output.clone();
             tokio::task::spawn_blocking(move || encode_outputs(&job, &output))
                 .await
-                .map_err(|e| (StageError::retry("encode_panic", Stage::Encode, e.to_string()), 1))?
+                .map_err(|e| (StageError::retry(ErrorKind::EncodePanic, Stage::Encode, e.to_string()), 1))?
                 .map_err(|e| (e, 1))?
         };
         if encoded.len() != names.len() {
             let m = format!("{} outputs encoded for {} names", encoded.len(), names.len());
-            return Err((StageError::fatal("internal", Stage::Encode, m), 1));
+            return Err((StageError::fatal(ErrorKind::Internal, Stage::Encode, m), 1));
         }
         Self::stage_time(&mut timings.encode_seconds, t, "encode");
-        // Write: every output, then the manifest last.
+        Ok(encoded)
+    }
+
+    /// Writes every output create-only, then the manifest last; returns every key written, the manifest's last.
+    async fn write(
+        &self,
+        job: &Job,
+        info: &ModelInfo,
+        encoded: Vec<(Vec<u8>, MediaType)>,
+        bits_per_dim: &[f64],
+        timings: &mut Timings,
+    ) -> Result<Vec<String>, (StageError, u32)> {
         let t = Instant::now();
         let prefix = job::output_prefix(&self.settings.output.prefix, job);
         let bucket = self.settings.output.bucket.as_str();
-        let writes = names.iter().zip(encoded).map(|(name, (bytes, media))| {
+        let writes = job.output_names().into_iter().zip(encoded).map(|(name, (bytes, media))| {
             let key = format!("{prefix}{name}");
             async move {
                 let stored = self.retrying(|| self.put(bucket, &key, bytes.clone(), media)).await?;
@@ -560,17 +496,17 @@ impl Pipeline {
                 fingerprint: Some(info.fingerprint.clone()),
             },
             outputs: entries,
-            bits_per_dim: output.bits_per_dim.clone(),
+            bits_per_dim: bits_per_dim.to_vec(),
         };
         let mut manifest_bytes = serde_json::to_vec_pretty(&manifest)
-            .map_err(|e| (StageError::fatal("internal", Stage::Encode, e.to_string()), 1))?;
+            .map_err(|e| (StageError::fatal(ErrorKind::Internal, Stage::Encode, e.to_string()), 1))?;
         manifest_bytes.push(b'\n');
         let manifest_key = format!("{prefix}{}", job::MANIFEST_NAME);
         self.retrying(|| self.put_manifest(bucket, &manifest_key, manifest_bytes.clone())).await?;
         Self::stage_time(&mut timings.put_seconds, t, "put");
         let mut keys: Vec<String> = manifest.outputs.iter().map(|o| o.key.clone()).collect();
         keys.push(manifest_key);
-        Ok((keys, output.bits_per_dim, None))
+        Ok(keys)
     }
 
     fn model_for(&self, job: &Job) -> Result<(usize, &ModelInfo), StageError> {
@@ -580,7 +516,7 @@ impl Pipeline {
             None => {
                 let known: Vec<String> = self.models.iter().map(|(m, _)| format!("{} {}", m.name, m.version)).collect();
                 Err(StageError::dead(
-                    "unknown_model",
+                    ErrorKind::UnknownModel,
                     Stage::Parse,
                     format!(
                         "model {} version {} is not served here (models: {})",
@@ -593,90 +529,9 @@ impl Pipeline {
         }
     }
 
-    async fn fetch(&self, bucket: &str, key: &str) -> Result<Vec<u8>, StageError> {
-        let _permit = tokio::select! {
-            _ = self.abandon.cancelled() => return Err(StageError::retry(ABANDONED, Stage::Fetch, "shutdown")),
-            p = self.fetch_permits.acquire() => p.expect("never closed"),
-        };
-        let uri = format!("s3://{bucket}/{key}");
-        let max = self.settings.images.max_input_bytes;
-        match self.inputs.get(bucket, key, max).await {
-            Ok(bytes) => Ok(bytes),
-            Err(StoreError::NotFound) => {
-                Err(StageError::dead("missing_object", Stage::Fetch, format!("{uri}: no such object")))
-            }
-            Err(e @ StoreError::TooLarge { .. }) => {
-                Err(StageError::dead("input_too_large", Stage::Fetch, format!("{uri}: {e}")))
-            }
-            Err(StoreError::Denied(m)) => Err(StageError::dead("access_denied", Stage::Fetch, format!("{uri}: {m}"))),
-            Err(StoreError::Transient(m)) => Err(StageError::retry("fetch_error", Stage::Fetch, format!("{uri}: {m}"))),
-        }
-    }
 
-    async fn on_device(&self, model: usize, op: DeviceOp) -> Result<DeviceOutput, StageError> {
-        let (reply, rx) = oneshot::channel();
-        let queue = &self.models[model].1;
-        tokio::select! {
-            _ = self.abandon.cancelled() => return Err(StageError::retry(ABANDONED, Stage::Batch, "shutdown")),
-            sent = queue.tx.send(BatchItem { op, reply }) => {
-                sent.map_err(|_| StageError::fatal("device_stopped", Stage::Batch, "the model's batcher is gone"))?
-            }
-        }
-        tokio::select! {
-            _ = self.abandon.cancelled() => Err(StageError::retry(ABANDONED, Stage::Device, "shutdown")),
-            r = rx => match r {
-                Ok(r) => r.map_err(StageError::from),
-                Err(_) => Err(StageError::fatal("device_stopped", Stage::Device, "the device worker dropped the job")),
-            },
-        }
-    }
 
-    /// A create-only write. When the key exists already (a redelivered job), the stored bytes are read back, so the
-    /// manifest describes what is stored; they should equal ours (outputs are deterministic) and a difference is
-    /// logged and counted.
-    async fn put(&self, bucket: &str, key: &str, bytes: Vec<u8>, media: MediaType) -> Result<Vec<u8>, StageError> {
-        let _permit = tokio::select! {
-            _ = self.abandon.cancelled() => return Err(StageError::retry(ABANDONED, Stage::Put, "shutdown")),
-            p = self.put_permits.acquire() => p.expect("never closed"),
-        };
-        let content_type = content_type(media);
-        match self.outputs.put_if_absent(bucket, key, bytes.clone(), content_type).await {
-            Ok(PutOutcome::Created) => Ok(bytes),
-            Ok(PutOutcome::AlreadyExists) => {
-                metrics::counter!("glowd_outputs_existing_total").increment(1);
-                match self.outputs.get(bucket, key, u64::MAX).await {
-                    Ok(stored) => {
-                        if stored != bytes {
-                            metrics::counter!("glowd_outputs_differing_total").increment(1);
-                            tracing::warn!(
-                                key,
-                                "an existing output differs from the recomputed one; the manifest lists the stored one"
-                            );
-                        }
-                        Ok(stored)
-                    }
-                    Err(StoreError::Transient(m)) => {
-                        Err(StageError::retry("put_error", Stage::Put, format!("{key}: {m}")))
-                    }
-                    Err(e) => Err(StageError::retry(
-                        "put_error",
-                        Stage::Put,
-                        format!("{key}: reading back the existing object: {e}"),
-                    )),
-                }
-            }
-            Err(StoreError::Denied(m)) => Err(StageError::fatal("access_denied", Stage::Put, format!("{key}: {m}"))),
-            Err(e) => Err(StageError::retry("put_error", Stage::Put, format!("{key}: {e}"))),
-        }
-    }
 
-    async fn put_manifest(&self, bucket: &str, key: &str, bytes: Vec<u8>) -> Result<(), StageError> {
-        match self.outputs.put_if_absent(bucket, key, bytes, "application/json").await {
-            Ok(_) => Ok(()),
-            Err(StoreError::Denied(m)) => Err(StageError::fatal("access_denied", Stage::Put, format!("{key}: {m}"))),
-            Err(e) => Err(StageError::retry("put_error", Stage::Put, format!("{key}: {e}"))),
-        }
-    }
 
     /// Stops taking new jobs (the jobs in flight go on).
     pub fn stop_intake(&self) {
@@ -684,14 +539,6 @@ impl Pipeline {
     }
 }
 
-fn content_type(media: MediaType) -> &'static str {
-    match media {
-        MediaType::Png => "image/png",
-        MediaType::Webp => "image/webp",
-        MediaType::Gif => "image/gif",
-        MediaType::OctetStream => "application/octet-stream",
-    }
-}
 
 /// Awaits futures concurrently, in order; the first error wins.
 async fn futures_join_all<T, E, F: std::future::Future<Output = Result<T, E>>>(
@@ -723,183 +570,20 @@ async fn futures_join_all<T, E, F: std::future::Future<Output = Result<T, E>>>(
     slots.into_iter().map(|s| s.expect("every future finished")).collect()
 }
 
-/// A job checked against its model, waiting for its decoded inputs.
-struct Prepared {
-    kind: PreparedKind,
-}
 
-enum PreparedKind {
-    Encode,
-    Edit { edits: Vec<(String, f64)>, latents: bool },
-    Augment { variants: Vec<Vec<(String, f64)>>, keep_levels: usize, temperatures: Vec<f64>, seed: u64 },
-    Interpolate { frames: usize },
-    Sample { n: usize, temperatures: Vec<f64>, seed: u64 },
-}
+/// After the drain deadline, how long abandoned jobs get to notice and unwind (they are not acknowledged).
+const ABANDON_WAIT: Duration = Duration::from_secs(5);
 
-impl Prepared {
-    fn op(&self, mut images: Vec<Pixels>) -> DeviceOp {
-        let mut next = || images.remove(0);
-        match &self.kind {
-            PreparedKind::Encode => DeviceOp::Encode { image: next() },
-            PreparedKind::Edit { edits, latents } => {
-                DeviceOp::Edit { image: next(), edits: edits.clone(), latents: *latents }
-            }
-            PreparedKind::Augment { variants, keep_levels, temperatures, seed } => DeviceOp::Augment {
-                image: next(),
-                variants: variants.clone(),
-                keep_levels: *keep_levels,
-                temperatures: temperatures.clone(),
-                seed: crate::worker::augment_noise_seed(*seed),
-            },
-            PreparedKind::Interpolate { frames } => {
-                let a = next();
-                DeviceOp::Interpolate { a, b: next(), frames: *frames }
-            }
-            PreparedKind::Sample { n, temperatures, seed } => {
-                DeviceOp::Sample { n: *n, temperatures: temperatures.clone(), seed: *seed }
-            }
-        }
-    }
-}
+/// Worker threads of the pipeline's tokio runtime: the stages are I/O and encoding glue; the heavy work runs on
+/// the device worker's own thread.
+pub const RUNTIME_THREADS: usize = 2;
 
-/// Checks what the schema cannot know (the model's attributes and levels) and works out the device op's numbers
-/// (augment's strength mixes come from the job's seed here).
-fn prepare(job: &Job, info: &ModelInfo) -> Result<Prepared, StageError> {
-    let invalid = |m: String| StageError::dead("invalid_for_model", Stage::Parse, m);
-    let check_attr = |a: &str| {
-        if info.attributes.iter().any(|x| x == a) {
-            Ok(())
-        } else if info.attributes.is_empty() {
-            Err(StageError::dead(
-                "unknown_attribute",
-                Stage::Parse,
-                format!(
-                    "attribute {}: model {} {} has no attribute directions",
-                    job::quote(a),
-                    info.name,
-                    info.version
-                ),
-            ))
-        } else {
-            Err(StageError::dead(
-                "unknown_attribute",
-                Stage::Parse,
-                format!(
-                    "attribute {} is not one of model {}'s: {}",
-                    job::quote(a),
-                    info.name,
-                    info.attributes.join(", ")
-                ),
-            ))
-        }
-    };
-    let kind = match &job.spec {
-        JobSpec::Encode(_) => PreparedKind::Encode,
-        JobSpec::Edit(j) => {
-            for e in &j.edits {
-                check_attr(&e.attribute)?;
-            }
-            PreparedKind::Edit {
-                edits: j.edits.iter().map(|e| (e.attribute.clone(), e.strength)).collect(),
-                latents: j.write_latents,
-            }
-        }
-        JobSpec::Augment(j) => {
-            for r in &j.attributes {
-                check_attr(&r.attribute)?;
-            }
-            let keep = j.keep_levels as usize;
-            if keep == 0 || keep > info.levels {
-                return Err(invalid(format!(
-                    "keep_levels {keep} is outside 1..={} for model {}",
-                    info.levels, info.name
-                )));
-            }
-            let temperatures = j.temperature.per_level(info.levels).map_err(invalid)?;
-            let seed = job.seed().expect("augment jobs are seeded");
-            let ranges: Vec<(String, f64, f64)> =
-                j.attributes.iter().map(|r| (r.attribute.clone(), r.min, r.max)).collect();
-            PreparedKind::Augment {
-                variants: crate::worker::augment_mixes(&ranges, j.variants as usize, seed),
-                keep_levels: keep,
-                temperatures,
-                seed,
-            }
-        }
-        JobSpec::Interpolate(j) => PreparedKind::Interpolate { frames: j.frames as usize },
-        JobSpec::Sample(j) => PreparedKind::Sample {
-            n: j.n as usize,
-            temperatures: j.temperature.per_level(info.levels).map_err(invalid)?,
-            seed: job.seed().expect("sample jobs are seeded"),
-        },
-    };
-    Ok(Prepared { kind })
-}
-
-/// The job's output files, in [`Job::output_names`] order.
-fn encode_outputs(job: &Job, out: &DeviceOutput) -> Result<Vec<(Vec<u8>, MediaType)>, StageError> {
-    let fail = |m: String| StageError::fatal("internal", Stage::Encode, m);
-    let images = |format: job::ImageFormat| -> Result<Vec<(Vec<u8>, MediaType)>, StageError> {
-        out.images
-            .iter()
-            .map(|p| output::image_bytes(p, format).map(|b| (b, format.media_type())).map_err(fail))
-            .collect()
-    };
-    let latents = || -> Result<(Vec<u8>, MediaType), StageError> {
-        let l = out.latents.as_ref().ok_or_else(|| fail("the device returned no latents".into()))?;
-        let bpd = out.bits_per_dim.first().copied().unwrap_or(f64::NAN);
-        output::latents_bytes(l, bpd).map(|b| (b, MediaType::OctetStream)).map_err(fail)
-    };
-    Ok(match &job.spec {
-        JobSpec::Edit(j) => {
-            let mut v = images(j.format)?;
-            if j.write_latents {
-                v.push(latents()?);
-            }
-            v
-        }
-        JobSpec::Encode(_) => vec![latents()?],
-        JobSpec::Augment(j) => images(j.format)?,
-        JobSpec::Sample(j) => images(j.format)?,
-        JobSpec::Interpolate(j) => {
-            let mut v = images(j.format)?;
-            if j.animation {
-                v.push((output::gif_bytes(&out.images).map_err(fail)?, MediaType::Gif));
-            }
-            v
-        }
-    })
-}
-
-/// The tokio runtime both `glowd run` and `glowd serve` drive the pipeline on. Two workers: the stages are I/O and
-/// encoding glue; the heavy work runs on the device worker's own thread.
-pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
+/// The tokio runtime `glowd run`, `glowd serve` and the tools drive the pipeline on.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(RUNTIME_THREADS)
         .enable_all()
         .thread_name("glowd-pipeline")
         .build()
-        .map_err(|e| e.to_string())
 }
 
-#[cfg(test)]
-mod traceparent_tests {
-    use super::*;
-
-    #[test]
-    fn only_a_w3c_shaped_traceparent_is_carried() {
-        let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let e = |v: &str| Envelope::new(vec![], None, None).with_traceparent(Some(v.as_bytes())).traceparent;
-        assert_eq!(e(ok).as_deref(), Some(ok));
-        for bad in [
-            "",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\nx: y",
-        ] {
-            assert_eq!(e(bad), None, "{bad:?}");
-        }
-        assert_eq!(Envelope::new(vec![], None, None).with_traceparent(Some(&[0xff, 0xfe])).traceparent, None);
-    }
-}

@@ -9,7 +9,7 @@ pub mod curve;
 pub mod objective;
 
 use crate::data::{hflip, Dataset};
-use crate::imageio::{self, Pixels};
+use crate::codec::image::{self as imageio, Pixels};
 use crate::model::batch::{pixels_to_tensor, tensor_to_pixels};
 use crate::model::weights::{read_safetensors, tensor_from_f32, write_safetensors, CONFIG_FILE, WEIGHTS_FILE};
 use crate::model::{Glow, GlowConfig, ModelError};
@@ -346,19 +346,7 @@ impl<'a> Trainer<'a> {
             .map_err(|e| file_err(&metrics_path, e))?;
         let started = Instant::now();
         let first_step = self.step;
-        let bar = if self.quiet {
-            indicatif::ProgressBar::hidden()
-        } else {
-            let bar = indicatif::ProgressBar::new(self.opts.steps as u64);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-                )
-                .expect("valid template"),
-            );
-            bar.set_position(self.step as u64);
-            bar
-        };
+        let bar = self.progress_bar();
         let (mut window_loss, mut window_n, mut window_start) = (0.0, 0usize, Instant::now());
         let mut last_train = None;
         let mut last_val = self.history.iter().rev().find_map(|h| h.2);
@@ -408,6 +396,31 @@ impl<'a> Trainer<'a> {
             }
         }
         bar.finish_and_clear();
+        self.finish(started, first_step, last_train, last_val)
+    }
+
+    /// A progress bar over the steps (hidden with `quiet`).
+    fn progress_bar(&self) -> indicatif::ProgressBar {
+        if self.quiet {
+            return indicatif::ProgressBar::hidden();
+        }
+        let bar = indicatif::ProgressBar::new(self.opts.steps as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+                .expect("valid template"),
+        );
+        bar.set_position(self.step as u64);
+        bar
+    }
+
+    /// After the last step: scores and exports the model, checkpoints, and writes `training.json` and the curve.
+    fn finish(
+        &mut self,
+        started: Instant,
+        first_step: i64,
+        last_train: Option<f64>,
+        mut last_val: Option<f64>,
+    ) -> Result<TrainingSummary, TrainError> {
         // Score what gets exported at the step it is exported (a stop between evaluations would otherwise report
         // an older figure).
         let exported = self.export_model()?;

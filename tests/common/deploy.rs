@@ -3,7 +3,7 @@
 //! (the daemon's HTTP routes, `glowd`'s subcommands and flags, what scripts/dev-stack sets up), the compose file,
 //! and the Kubernetes base as kustomize would assemble it, down to the pipeline the daemon's container reads.
 use super::bin;
-use glowd::daemon::config::PipelineFile;
+use glowd::settings::PipelineFile;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -208,7 +208,7 @@ pub fn http_url(text: &str) -> Option<(String, u16, String)> {
 /// from `env` (an unset one is an error).
 pub fn parse_pipeline(text: &str, base: &Path, env: &BTreeMap<String, String>) -> Result<PipelineFile, String> {
     let mut value: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
-    glowd::daemon::config::override_from_env(&mut value, env.iter().map(|(k, v)| (k.clone(), v.clone())))?;
+    glowd::settings::override_from_env(&mut value, env.iter().map(|(k, v)| (k.clone(), v.clone())))?;
     let text = toml::to_string(&value).map_err(|e| e.to_string())?;
     PipelineFile::parse(&text, base, &|k| env.get(k).cloned())
 }

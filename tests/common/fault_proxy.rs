@@ -1,4 +1,4 @@
-//! An HTTP/1.1 fault proxy in front of the dev stack's S3 server (RELIABILITY.md G10, G12, G13): it forwards each
+//! An HTTP/1.1 fault proxy in front of the dev stack's S3 server (G10, G12, G13 in docs/reliability.md): it forwards each
 //! request and, by a seeded draw per request, instead answers `503 SlowDown`, answers `409` to a conditional PUT,
 //! resets the connection, holds the request for a latency spike, or flips one byte of an upload's body on the way.
 //! It can also play a store that ignores `If-None-Match` (it answers every create-only PUT `200 OK` itself).

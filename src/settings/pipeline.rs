@@ -184,10 +184,10 @@ impl PipelineSettings {
             return Err("batching.devices must name at least one device".into());
         }
         for f in &self.images.formats {
-            if !super::decode::KNOWN_FORMATS.contains(&f.as_str()) {
+            if !crate::codec::image::KNOWN_FORMATS.contains(&f.as_str()) {
                 return Err(format!(
                     "images.formats: unknown format `{f}` (known: {})",
-                    super::decode::KNOWN_FORMATS.join(", ")
+                    crate::codec::image::KNOWN_FORMATS.join(", ")
                 ));
             }
         }

@@ -1,5 +1,5 @@
 //! The pipeline commands: `glowd run` (embedded mode) and `glowd serve` (the daemon).
-use crate::pipeline::embedded::{run_embedded, EmbeddedOptions};
+use crate::daemon::embedded::{run_embedded, EmbeddedOptions};
 use crate::pipeline::PipelineSettings;
 use anyhow::{bail, Result};
 use clap::Args;
@@ -57,7 +57,7 @@ fn parse_crop(s: &str) -> Result<[u32; 4], String> {
 
 pub fn run(args: RunArgs) -> Result<usize> {
     let mut settings = match &args.config {
-        Some(path) => crate::daemon::config::PipelineFile::load_embedded(path)?.pipeline,
+        Some(path) => crate::settings::PipelineFile::load_embedded(path)?.pipeline,
         None => PipelineSettings::default(),
     };
     if let Some(c) = args.crop {

@@ -1,7 +1,7 @@
 //! `glowd submit`: one job per image under an S3 prefix, built from the pipeline file's `[submit]` template.
 //! Job and run ids are deterministic, so submitting the same run again enqueues the same ids, which the daemon
 //! writes idempotently (create-only outputs), and `--resume` can skip the images whose manifest already exists.
-//! This module is pure (ids, templates, checks); the S3 and Kafka calls are in `cli_submit`.
+//! This module is pure (ids, templates, checks); the S3 and Kafka calls are in `cli::tools`.
 use crate::job::{validate, SchemaName};
 use serde::Deserialize;
 use serde_json::{json, Value};

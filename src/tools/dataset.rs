@@ -1,6 +1,6 @@
 //! Latent-vector datasets: a run's encoded latents as Parquet shards (arrow-rs), one row per image, plus a
 //! `dataset.json` manifest. Rows are sorted by source key and the writer sets no timestamps, so building the same
-//! run twice gives the same bytes. Pure: rows in, file bytes out (`cli_submit` does the S3 side).
+//! run twice gives the same bytes. Pure: rows in, file bytes out (`cli::tools` does the S3 side).
 use arrow_array::builder::{FixedSizeListBuilder, Float32Builder};
 use arrow_array::{ArrayRef, Float32Array, Float64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};

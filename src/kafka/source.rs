@@ -1,22 +1,12 @@
-//! Kafka: the jobs source (a consumer polled from its own OS thread) and the reporter (results and DLQ topics).
-//!
-//! Delivery (RELIABILITY.md decisions 1–5): `enable.auto.commit=true` with `enable.auto.offset.store=false`; the
-//! consumer thread owns an [`OffsetTracker`], registers every message it hands to the pipeline, and stores a
-//! partition's offset only when that job and every earlier one are finished (the pipeline's ack sends the token
-//! back over a channel). librdkafka's auto-commit then commits what was stored; a clean stop and every revocation
-//! commit synchronously. The thread never blocks on the pipeline: a message the pipeline cannot take yet waits in
-//! a small buffer, and when the pipeline stays full longer than `pause_grace_ms` (or a partition reaches its
-//! in-flight cap) the partitions are paused while polling goes on, and resumed once the buffer has drained.
-use super::config::KafkaSettings;
-use crate::ack::{AckConfig, AckToken, OffsetTracker, TopicPartition};
+//! The jobs source: a consumer polled from its own OS thread, with offset tracking, pausing and rebalances.
+use super::*;
+use super::client::{defaults, fatal_error};
+use crate::settings::KafkaSettings;
+use crate::kafka::ack::{AckConfig, AckToken, OffsetTracker, TopicPartition};
 use crate::job::SourcePosition;
-use crate::pipeline::report::{DeadLetter, ReportError, Reporter};
-use crate::pipeline::store::BoxFuture;
 use crate::pipeline::Envelope;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,30 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// Properties the daemon sets itself; a pipeline file may not override them.
-const OWN_PROPERTIES: [&str; 4] = ["group.id", "enable.auto.commit", "enable.auto.offset.store", "bootstrap.servers"];
-
-/// Builds a client config from the pipeline file. Never `Debug`-print it: it may hold `sasl.password`.
-pub fn client_config(k: &KafkaSettings) -> Result<ClientConfig, String> {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &k.brokers);
-    for (key, value) in &k.properties {
-        if OWN_PROPERTIES.contains(&key.as_str()) {
-            return Err(format!("kafka.properties.{key}: set by the daemon, cannot be overridden"));
-        }
-        c.set(key, value);
-    }
-    Ok(c)
-}
-
-/// Sets each property the pipeline file did not set.
-fn defaults(c: &mut ClientConfig, pairs: &[(&str, &str)]) {
-    for (k, v) in pairs {
-        if c.get(k).is_none() {
-            c.set(*k, *v);
-        }
-    }
-}
+/// How long closing serves the revocation callback of leaving the group.
+const LEAVE_WAIT: Duration = Duration::from_secs(3);
 
 /// Liveness and state shared with the HTTP endpoints and the daemon.
 #[derive(Default)]
@@ -64,14 +32,34 @@ pub struct SourceState {
     /// resets the offsets.
     pub reset_refused: Mutex<BTreeSet<TopicPartition>>,
     /// An error the daemon cannot recover from by waiting (wrong credentials, a certificate that does not verify):
-    /// the daemon drains what it has and exits non-zero with this message.
-    pub fatal: std::sync::OnceLock<String>,
+    /// the daemon drains what it has and exits non-zero with this message. Set once, through [`Self::set_fatal`],
+    /// which also cancels `fatal_seen` so the daemon wakes at once instead of polling for it.
+    fatal: std::sync::OnceLock<String>,
+    fatal_seen: tokio_util::sync::CancellationToken,
 }
 
 impl SourceState {
+    /// Records the first fatal error; returns false when one was already recorded.
+    pub fn set_fatal(&self, message: String) -> bool {
+        let first = self.fatal.set(message).is_ok();
+        self.fatal_seen.cancel();
+        first
+    }
+
+    /// The fatal error, once there is one.
+    pub fn fatal(&self) -> Option<&str> {
+        self.fatal.get().map(String::as_str)
+    }
+
+    /// Resolves once a fatal error has been recorded.
+    pub async fn fatal_error(&self) -> String {
+        self.fatal_seen.cancelled().await;
+        self.fatal().unwrap_or_default().to_string()
+    }
+
     /// Why the consumer cannot do its work now, for `/readyz`; `None` when it can.
     pub fn not_ready_reason(&self) -> Option<String> {
-        if let Some(f) = self.fatal.get() {
+        if let Some(f) = self.fatal() {
             return Some(format!("kafka: {f}"));
         }
         let refused = self.reset_refused.lock().unwrap_or_else(|p| p.into_inner());
@@ -115,7 +103,7 @@ impl ClientContext for Context {
                 tracing::warn!(%reason, "kafka: no broker reachable (not ready until one is)");
             }
         } else if let Some(fatal) = fatal_error(&error, reason, None) {
-            if self.state.fatal.set(fatal.clone()).is_ok() {
+            if self.state.set_fatal(fatal.clone()) {
                 tracing::error!(error = %fatal, "kafka: fatal client error");
             } else {
                 tracing::debug!(error = %fatal, "kafka: fatal client error (again)");
@@ -191,135 +179,6 @@ impl ConsumerContext for Context {
                 metrics::counter!("glowd_commits_total", "outcome" => "error").increment(1);
                 tracing::debug!(error = %e, "commit");
             }
-        }
-    }
-}
-
-/// Splits librdkafka's `sasl_ssl://127.0.0.1:9093/bootstrap: message` into (`127.0.0.1:9093`, `message`), and
-/// `GroupCoordinator: 127.0.0.1:9093: message` into (`127.0.0.1:9093 (group coordinator)`, `message`).
-fn broker_of(reason: &str) -> (String, &str) {
-    match reason.split_once(": ") {
-        Some((head, rest)) if head.contains("://") => {
-            let addr = head.split_once("://").map_or(head, |x| x.1);
-            let addr = addr.rsplit_once('/').map_or(addr, |x| x.0);
-            (addr.to_string(), rest)
-        }
-        Some((role, rest)) if !role.contains([' ', ':']) => match rest.split_once(": ") {
-            Some((addr, detail)) if addr.contains(':') && !addr.contains(' ') => {
-                let role = if role == "GroupCoordinator" { "group coordinator" } else { role };
-                (format!("{addr} ({role})"), detail)
-            }
-            _ => ("the broker".to_string(), reason),
-        },
-        _ => ("the broker".to_string(), reason),
-    }
-}
-
-/// The one-line message of an error that waiting cannot mend (authentication refused, TLS handshake or
-/// certificate verification failed), or `None` for any other error. `sasl` names the mechanism (and user) when
-/// known. librdkafka's reasons never hold the password.
-fn fatal_error(error: &rdkafka::error::KafkaError, reason: &str, sasl: Option<&str>) -> Option<String> {
-    use rdkafka::types::RDKafkaErrorCode as C;
-    let code = error.rdkafka_error_code()?;
-    let (broker, detail) = broker_of(reason);
-    match code {
-        C::Authentication | C::SaslAuthenticationFailed | C::UnsupportedSASLMechanism | C::IllegalSASLState => {
-            let sasl = sasl.map(|s| format!(" ({s})")).unwrap_or_else(|| " (SASL)".into());
-            Some(format!("authentication failed{sasl} for {broker}: {detail}"))
-        }
-        C::SSL => {
-            let lower = detail.to_ascii_lowercase();
-            if lower.contains("verif") || lower.contains("certificate") {
-                Some(format!(
-                    "TLS certificate verification failed for {broker} (does ssl.ca.location hold the CA that signed \
-                     the broker's certificate, and does the certificate name the host in `brokers`?): {detail}"
-                ))
-            } else {
-                Some(format!("TLS handshake failed for {broker}: {detail}"))
-            }
-        }
-        _ => None,
-    }
-}
-
-/// What the start-up check saw: the first fatal error, the last other one.
-#[derive(Default)]
-struct ProbeContext {
-    sasl: Option<String>,
-    fatal: std::sync::OnceLock<String>,
-    last: Mutex<Option<String>>,
-}
-
-impl ClientContext for ProbeContext {
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        if let Some(f) = fatal_error(&error, reason, self.sasl.as_deref()) {
-            let _ = self.fatal.set(f);
-        } else if error.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
-            tracing::debug!(error = %error, %reason, "kafka start-up check");
-            *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_string());
-        }
-    }
-}
-
-impl ConsumerContext for ProbeContext {}
-
-/// Start-up check, before anything else is loaded: with the consumer's own settings, a broker must answer a
-/// metadata request for the jobs topic within `kafka.connect_timeout_seconds`. Blocking (run it in
-/// `spawn_blocking`). `Err` is one line naming the cause: authentication refused and TLS failures as soon as
-/// librdkafka reports them, otherwise "no broker reachable" with the last error seen. A SASL_SSL client never
-/// falls back to plaintext, and a plaintext one cannot talk to a TLS listener, so either mismatch ends here.
-pub fn check_brokers(k: &KafkaSettings) -> Result<(), String> {
-    let secs = k.connect_timeout_seconds;
-    if !(secs.is_finite() && secs > 0.0) {
-        return Err(format!("kafka.connect_timeout_seconds = {secs}: must be a positive number of seconds"));
-    }
-    let timeout = Duration::from_secs_f64(secs);
-    let mut config = client_config(k)?;
-    config.set("group.id", &k.group);
-    let protocol = config.get("security.protocol").unwrap_or("plaintext").to_ascii_lowercase();
-    let sasl = protocol.starts_with("sasl").then(|| {
-        let mech = config.get("sasl.mechanism").unwrap_or("GSSAPI").to_string();
-        match config.get("sasl.username") {
-            Some(u) => format!("SASL {mech}, user {u:?}"),
-            None => format!("SASL {mech}"),
-        }
-    });
-    let consumer: BaseConsumer<ProbeContext> = config
-        .create_with_context(ProbeContext { sasl, ..Default::default() })
-        .map_err(|e| format!("kafka consumer: {e}"))?;
-    let t0 = Instant::now();
-    loop {
-        // Serves the client's error events (they reach ProbeContext::error from here).
-        let _ = consumer.poll(Duration::from_millis(50));
-        if let Some(f) = consumer.context().fatal.get() {
-            return Err(f.clone());
-        }
-        let left = timeout.saturating_sub(t0.elapsed());
-        if left.is_zero() {
-            let last = consumer.context().last.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            return Err(format!(
-                "no broker reachable at {} within {secs} s (is a broker up there, and does its listener speak \
-                 security.protocol={protocol}?){}",
-                k.brokers,
-                last.map(|l| format!(": last error: {l}")).unwrap_or_default()
-            ));
-        }
-        match consumer.fetch_metadata(Some(&k.jobs_topic), left.min(Duration::from_millis(500))) {
-            Ok(md) => {
-                // A fatal error may have come with the answer's connection (another broker of the list).
-                let _ = consumer.poll(Duration::ZERO);
-                if let Some(f) = consumer.context().fatal.get() {
-                    return Err(f.clone());
-                }
-                match md.topics().iter().find(|t| t.name() == k.jobs_topic).and_then(|t| t.error()) {
-                    Some(e) => tracing::warn!(topic = %k.jobs_topic, error = %rdkafka::types::RDKafkaErrorCode::from(e),
-                        "kafka: broker answered, but the jobs topic is not available (yet)"),
-                    None => tracing::info!(brokers = md.brokers().len(), protocol = %protocol,
-                        elapsed_ms = t0.elapsed().as_millis() as u64, "kafka: broker answered"),
-                }
-                return Ok(());
-            }
-            Err(e) => tracing::trace!(error = %e, "kafka start-up check: no answer yet"),
         }
     }
 }
@@ -652,82 +511,10 @@ impl Poller {
         }
         self.consumer.unsubscribe();
         // Serve the revocation callback of leaving the group.
-        let deadline = Instant::now() + Duration::from_secs(3);
+        let deadline = Instant::now() + LEAVE_WAIT;
         while Instant::now() < deadline && self.consumer.assignment().map(|a| a.count() > 0).unwrap_or(false) {
             let _ = self.consumer.poll(Duration::from_millis(50));
         }
         tracing::info!("kafka consumer closed");
-    }
-}
-
-/// Results and dead letters as Kafka records, each awaited until the broker acknowledges it (`acks=all`).
-pub struct KafkaReporter {
-    producer: FutureProducer,
-    results_topic: String,
-    dlq_topic: String,
-}
-
-impl KafkaReporter {
-    pub fn new(k: &KafkaSettings) -> Result<KafkaReporter, String> {
-        let mut config = client_config(k)?;
-        defaults(
-            &mut config,
-            &[("acks", "all"), ("enable.idempotence", "true"), ("message.timeout.ms", "30000"), ("linger.ms", "5")],
-        );
-        let producer: FutureProducer = config.create().map_err(|e| format!("kafka producer: {e}"))?;
-        Ok(KafkaReporter { producer, results_topic: k.results_topic.clone(), dlq_topic: k.dlq_topic.clone() })
-    }
-}
-
-/// The DLQ record's headers (Kafka Connect's idea, glowd's names): why, where, and which job.
-pub fn dead_letter_headers(l: &DeadLetter) -> Vec<(&'static str, String)> {
-    let mut h = vec![
-        ("glowd.error.kind", l.error.kind.clone()),
-        ("glowd.error.message", l.error.message.clone()),
-        ("glowd.error.stage", format!("{:?}", l.error.stage).to_lowercase()),
-        ("glowd.attempts", l.attempts.to_string()),
-    ];
-    if let Some(id) = &l.job {
-        h.push(("glowd.job.id", id.to_string()));
-    }
-    if let Some(t) = &l.traceparent {
-        h.push(("traceparent", t.clone()));
-    }
-    if let Some(s) = &l.source {
-        h.push(("glowd.source.topic", s.topic.clone()));
-        h.push(("glowd.source.partition", s.partition.to_string()));
-        h.push(("glowd.source.offset", s.offset.to_string()));
-    }
-    h
-}
-
-impl Reporter for KafkaReporter {
-    fn result<'a>(&'a self, result: &'a crate::job::JobResult) -> BoxFuture<'a, Result<(), ReportError>> {
-        Box::pin(async move {
-            let payload = serde_json::to_vec(result).map_err(|e| ReportError(e.to_string()))?;
-            let key = result.job.as_ref().map(|j| j.to_string()).unwrap_or_default();
-            let record = FutureRecord::to(&self.results_topic).payload(&payload).key(&key);
-            self.producer
-                .send(record, Duration::from_secs(30))
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| ReportError(format!("results topic {}: {e}", self.results_topic)))
-        })
-    }
-
-    fn dead_letter<'a>(&'a self, l: &'a DeadLetter) -> BoxFuture<'a, Result<(), ReportError>> {
-        Box::pin(async move {
-            let mut headers = OwnedHeaders::new();
-            for (k, v) in dead_letter_headers(l) {
-                headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
-            }
-            let key = l.job.as_ref().map(|j| j.to_string()).unwrap_or_default();
-            let record = FutureRecord::to(&self.dlq_topic).payload(&l.payload).key(&key).headers(headers);
-            self.producer
-                .send(record, Duration::from_secs(30))
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| ReportError(format!("DLQ topic {}: {e}", self.dlq_topic)))
-        })
     }
 }

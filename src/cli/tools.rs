@@ -1,9 +1,10 @@
 //! `glowd validate`, `glowd submit`, `glowd status` and `glowd dataset`: the commands around a running daemon.
 //! Each takes the pipeline file the daemon runs with, so they agree on topics, buckets and prefixes.
-use crate::daemon::config::PipelineFile;
-use crate::daemon::kafka::client_config;
-use crate::daemon::s3::S3Store;
-use crate::submit::{self, SubmitSettings};
+use crate::job::{join_key, JobId, JobKind, JobResult, JobStatus, Manifest, MediaType};
+use crate::settings::PipelineFile;
+use crate::kafka::client_config;
+use crate::s3::S3Store;
+use crate::tools::submit::{self, SubmitSettings};
 use anyhow::{anyhow, bail, Context, Result};
 use aws_sdk_s3::primitives::ByteStream;
 use clap::Args;
@@ -15,6 +16,9 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// Deliveries awaited together while submitting: bounded memory, one round trip per group.
+const DELIVERY_GROUP: usize = 500;
 
 #[derive(Args)]
 pub struct ValidateArgs {
@@ -135,7 +139,7 @@ struct Services {
 fn services(path: &Path) -> Result<Services> {
     let file = PipelineFile::load(path)?;
     let s3s = file.s3.clone().ok_or_else(|| anyhow!("{}: needs an [s3] table", path.display()))?;
-    let rt = crate::pipeline::runtime().map_err(|e| anyhow!(e))?;
+    let rt = crate::pipeline::runtime()?;
     let s3 = rt.block_on(S3Store::new(&s3s));
     Ok(Services { file, s3, rt })
 }
@@ -169,16 +173,8 @@ async fn put(s3: &S3Store, bucket: &str, key: &str, body: Vec<u8>, content_type:
     Ok(())
 }
 
-fn output_root(file: &PipelineFile) -> String {
-    file.pipeline.output.prefix.trim_end_matches('/').to_string()
-}
-
-fn under(root: &str, rest: &str) -> String {
-    if root.is_empty() {
-        rest.to_string()
-    } else {
-        format!("{root}/{rest}")
-    }
+fn output_root(file: &PipelineFile) -> &str {
+    &file.pipeline.output.prefix
 }
 
 pub fn submit(args: SubmitArgs) -> Result<usize> {
@@ -228,7 +224,7 @@ pub fn submit(args: SubmitArgs) -> Result<usize> {
         for job in &jobs {
             let id = job["id"].as_str().expect("id").to_string();
             if args.resume {
-                let manifest = under(&root, &format!("{id}/{}", crate::job::MANIFEST_NAME));
+                let manifest = join_key(root, &format!("{id}/{}", crate::job::MANIFEST_NAME));
                 if s3.client().head_object().bucket(&out_bucket).key(&manifest).send().await.is_ok() {
                     skipped += 1;
                     bar.inc(1);
@@ -244,7 +240,7 @@ pub fn submit(args: SubmitArgs) -> Result<usize> {
             pending.push((id, delivery));
             sent += 1;
             // Await deliveries in groups: bounded memory, one round trip per group.
-            if pending.len() >= 500 {
+            if pending.len() >= DELIVERY_GROUP {
                 await_deliveries(&mut pending, &bar).await?;
             }
         }
@@ -254,7 +250,7 @@ pub fn submit(args: SubmitArgs) -> Result<usize> {
             "version": 1, "run": run, "prefix": prefix, "job": template,
             "images": jobs.len(), "enqueued": sent, "skipped_existing": skipped,
         });
-        put(&s3, &out_bucket, &under(&root, &format!("runs/{run}.json")), serde_json::to_vec_pretty(&record)?, "application/json")
+        put(&s3, &out_bucket, &join_key(root, &format!("runs/{run}.json")), serde_json::to_vec_pretty(&record)?, "application/json")
             .await
     })?;
     bar.finish_and_clear();
@@ -293,7 +289,7 @@ pub struct StatusArgs {
 }
 
 /// Reads a whole topic from the beginning to its current end, calling `f` with each payload.
-fn read_topic(kafka: &crate::daemon::config::KafkaSettings, topic: &str, timeout: Duration, mut f: impl FnMut(&[u8])) -> Result<()> {
+fn read_topic(kafka: &crate::settings::KafkaSettings, topic: &str, timeout: Duration, mut f: impl FnMut(&[u8])) -> Result<()> {
     let mut config = client_config(kafka).map_err(|e| anyhow!(e))?;
     config
         .set("group.id", format!("glowd-status-{}", std::process::id()))
@@ -329,30 +325,35 @@ fn read_topic(kafka: &crate::daemon::config::KafkaSettings, topic: &str, timeout
 pub fn status(args: StatusArgs) -> Result<usize> {
     let Services { file, s3, rt } = services(&args.pipeline)?;
     let kafka = file.kafka.clone().ok_or_else(|| anyhow!("{}: needs a [kafka] table", args.pipeline.display()))?;
-    let record_key = under(&output_root(&file), &format!("runs/{}.json", args.run));
+    let record_key = join_key(output_root(&file), &format!("runs/{}.json", args.run));
     let record: Value = serde_json::from_slice(&rt.block_on(get(&s3, &file.pipeline.output.bucket, &record_key))?)
         .context("the run record")?;
     // Latest status per job of the run (a redelivered job reports again; `done` wins over an earlier failure).
-    let mut latest: BTreeMap<String, String> = BTreeMap::new();
+    let mut latest: BTreeMap<JobId, JobStatus> = BTreeMap::new();
     read_topic(&kafka, &kafka.results_topic, args.timeout, |payload| {
-        let Ok(v) = serde_json::from_slice::<Value>(payload) else { return };
-        if v["run"].as_str() != Some(args.run.as_str()) {
+        // Records of other versions or shapes are not this run's to count.
+        let Ok(r) = serde_json::from_slice::<JobResult>(payload) else { return };
+        if r.run.as_ref().map(JobId::as_str) != Some(args.run.as_str()) {
             return;
         }
-        let (Some(job), Some(status)) = (v["job"].as_str(), v["status"].as_str()) else { return };
-        let e = latest.entry(job.to_string()).or_default();
-        if e != "done" {
-            *e = status.to_string();
-        }
+        let Some(job) = r.job else { return };
+        latest
+            .entry(job)
+            .and_modify(|s| {
+                if *s != JobStatus::Done {
+                    *s = r.status;
+                }
+            })
+            .or_insert(r.status);
     })?;
-    let count = |s: &str| latest.values().filter(|v| v.as_str() == s).count();
+    let count = |s: JobStatus| latest.values().filter(|v| **v == s).count();
     let images = record["images"].as_u64().unwrap_or(0) as usize;
     let summary = json!({
         "run": args.run,
         "images": images,
-        "done": count("done"),
-        "dead_lettered": count("dead_lettered"),
-        "skipped": count("skipped"),
+        "done": count(JobStatus::Done),
+        "dead_lettered": count(JobStatus::DeadLettered),
+        "skipped": count(JobStatus::Skipped),
         "pending": images.saturating_sub(latest.len()),
     });
     println!("{summary}");
@@ -375,38 +376,37 @@ pub fn dataset(args: DatasetArgs) -> Result<usize> {
     let bucket = file.pipeline.output.bucket.clone();
     let root = output_root(&file);
     let manifests: Vec<String> = rt
-        .block_on(list(&s3, &bucket, &under(&root, &format!("{}-", args.run))))?
+        .block_on(list(&s3, &bucket, &join_key(root, &format!("{}-", args.run))))?
         .into_iter()
         .filter(|k| k.ends_with(&format!("/{}", crate::job::MANIFEST_NAME)))
         .collect();
     let mut rows = Vec::new();
     let mut model: Option<(String, String)> = None;
     for key in &manifests {
-        let m: Value = serde_json::from_slice(&rt.block_on(get(&s3, &bucket, key))?).with_context(|| key.clone())?;
+        let m: Manifest = serde_json::from_slice(&rt.block_on(get(&s3, &bucket, key))?).with_context(|| key.clone())?;
         // The listing is by key prefix `<run>-`, which another run's ids may share (`nightly` vs `nightly-2`).
-        if m["job"]["kind"] != "encode" || m["job"]["run"].as_str() != Some(args.run.as_str()) {
+        if m.job.kind() != JobKind::Encode || m.job.run.as_ref().map(JobId::as_str) != Some(args.run.as_str()) {
             continue;
         }
-        let this = (m["model"]["name"].as_str().unwrap_or_default().to_string(), m["model"]["version"].as_str().unwrap_or_default().to_string());
+        let this = (m.model.name.clone(), m.model.version.clone());
         match &model {
             None => model = Some(this.clone()),
             Some(first) if *first != this => bail!("{key}: model {}@{}, the run's first is {}@{}", this.0, this.1, first.0, first.1),
             _ => {}
         }
-        let latents_key = m["outputs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|o| o["key"].as_str())
-            .find(|k| k.ends_with(".safetensors"))
+        let latents_key = m
+            .outputs
+            .iter()
+            .find(|o| o.media_type == MediaType::OctetStream && o.key.ends_with(".safetensors"))
+            .map(|o| o.key.as_str())
             .ok_or_else(|| anyhow!("{key}: no latents among the outputs"))?
             .to_string();
-        let latent = crate::dataset::flatten_latents(&rt.block_on(get(&s3, &bucket, &latents_key))?)
+        let latent = crate::tools::dataset::flatten_latents(&rt.block_on(get(&s3, &bucket, &latents_key))?)
             .map_err(|e| anyhow!("{latents_key}: {e}"))?;
-        rows.push(crate::dataset::Row {
-            source_key: m["job"]["input"].as_str().unwrap_or_default().to_string(),
-            job_id: m["job"]["id"].as_str().unwrap_or_default().to_string(),
-            bits_per_dim: m["bits_per_dim"][0].as_f64().unwrap_or(f64::NAN),
+        rows.push(crate::tools::dataset::Row {
+            source_key: m.job.inputs().first().map(|u| u.to_string()).unwrap_or_default(),
+            job_id: m.job.id.to_string(),
+            bits_per_dim: m.bits_per_dim.first().copied().unwrap_or(f64::NAN),
             latent,
         });
     }
@@ -419,20 +419,14 @@ pub fn dataset(args: DatasetArgs) -> Result<usize> {
             .find(|m| m.name == name && m.version == version)
             .ok_or_else(|| anyhow!("model {name}@{version} is not in {}", args.pipeline.display()))?;
         let config = crate::model::Glow::read_config(&spec.path)?;
-        if let Some(d) = crate::model::directions::Directions::load(&spec.path, &config)? {
-            for (attr, levels) in &d.vectors {
-                let values: Vec<f32> = levels
-                    .iter()
-                    .flat_map(|t| Vec::<f32>::try_from(t.flatten(0, -1)).expect("f32 direction"))
-                    .collect();
-                directions.push(crate::dataset::Direction { name: attr.clone(), values });
-            }
+        for (name, values) in crate::model::directions::load_flat(&spec.path, &config)?.unwrap_or_default() {
+            directions.push(crate::tools::dataset::Direction { name, values });
         }
     }
     let images = rows.len();
-    let files = crate::dataset::build(&args.run, (&name, &version), rows, &directions, file.dataset.rows_per_shard)
+    let files = crate::tools::dataset::build(&args.run, (&name, &version), rows, &directions, file.dataset.rows_per_shard)
         .map_err(|e| anyhow!(e))?;
-    let dir = under(&root, &format!("datasets/{}", args.run));
+    let dir = join_key(root, &format!("datasets/{}", args.run));
     rt.block_on(async {
         for (file_name, bytes) in &files {
             let content_type = if file_name.ends_with(".json") { "application/json" } else { "application/vnd.apache.parquet" };

@@ -1,7 +1,7 @@
 //! The latent-editing commands: `directions`, `edit`, `interpolate`, `resample`, `sheet`.
-use crate::cli::{load_images, per_level, setup, FitArgs, Runtime};
+use super::common::{load_images, per_level, setup, FitArgs, Runtime};
 use crate::data::attributes;
-use crate::imageio::{self, Pixels};
+use crate::codec::image::{self as imageio, Pixels};
 use crate::model::batch::{pixels_to_tensor, tensor_to_pixels};
 use crate::model::directions::{self, DirectionAccumulator, Directions, Provenance};
 use crate::model::Glow;
@@ -153,7 +153,7 @@ pub struct EditArgs {
     #[arg(long)]
     out: PathBuf,
     /// Largest |strength| accepted
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, default_value_t = crate::job::DEFAULT_MAX_STRENGTH)]
     max_strength: f64,
     #[arg(long, default_value_t = 16)]
     batch: usize,
@@ -278,16 +278,8 @@ pub fn interpolate(args: InterpolateArgs) -> Result<usize> {
 }
 
 fn write_gif(frames: &[Pixels], path: &Path) -> Result<()> {
-    use image::codecs::gif::{GifEncoder, Repeat};
-    let file = std::fs::File::create(path).with_context(|| format!("{}", path.display()))?;
-    let mut enc = GifEncoder::new_with_speed(file, 10);
-    enc.set_repeat(Repeat::Infinite)?;
-    let order: Vec<&Pixels> = frames.iter().chain(frames.iter().rev().skip(1)).collect();
-    for p in order {
-        let rgba = imageio::pixels_to_image(p).to_rgba8();
-        enc.encode_frame(image::Frame::from_parts(rgba, 0, 0, image::Delay::from_numer_denom_ms(120, 1)))?;
-    }
-    Ok(())
+    let bytes = crate::codec::gif::gif_bytes(frames)?;
+    std::fs::write(path, bytes).with_context(|| format!("{}", path.display()))
 }
 
 #[derive(Args)]
@@ -298,7 +290,7 @@ pub struct ResampleArgs {
     /// Coarsest levels kept from the image; the finer ones are redrawn
     #[arg(long, default_value_t = 1)]
     keep_levels: usize,
-    #[arg(long, default_value = "0.7", value_delimiter = ',')]
+    #[arg(long, default_values_t = [crate::job::DEFAULT_TEMPERATURE], value_delimiter = ',')]
     temperature: Vec<f64>,
     /// Variations drawn
     #[arg(short = 'n', long, default_value_t = 8)]
@@ -352,7 +344,7 @@ pub struct SheetArgs {
     images: Vec<PathBuf>,
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, default_value_t = crate::job::DEFAULT_MAX_STRENGTH)]
     max_strength: f64,
     #[command(flatten)]
     picture: PictureArgs,

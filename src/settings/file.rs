@@ -2,136 +2,10 @@
 //! bounds. Every table is `deny_unknown_fields`, so a misspelt key is an error naming it. String values may say
 //! `${NAME}` to take an environment variable (an unset one is an error), which is how `pipelines/local.toml` finds
 //! the dev stack's ports.
-use crate::pipeline::settings::{BatchSettings, ImageSettings, Limits, OutputSettings, RetrySettings};
-use crate::pipeline::PipelineSettings;
+use super::{BatchSettings, HttpSettings, ImageSettings, KafkaSettings, Limits, OutputSettings, PipelineSettings, RetrySettings, S3Settings};
 use crate::worker::ModelSpec;
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaSettings {
-    /// `host:port,host:port`.
-    pub brokers: String,
-    pub group: String,
-    pub jobs_topic: String,
-    pub results_topic: String,
-    pub dlq_topic: String,
-    /// Extra librdkafka properties (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`, …). The daemon's own
-    /// delivery settings (`enable.auto.commit`, `enable.auto.offset.store`, `group.id`) cannot be overridden here.
-    #[serde(default)]
-    pub properties: BTreeMap<String, String>,
-    /// How long the pipeline may stay full before the consumer pauses its partitions (it keeps polling).
-    #[serde(default = "default_pause_grace")]
-    pub pause_grace_ms: u64,
-    /// Messages the consumer thread holds (fetched, not yet taken by the pipeline) before it pauses at once.
-    #[serde(default = "default_buffer")]
-    pub buffer: usize,
-    /// How long `glowd serve` waits at start-up, before it loads any model, for a broker to answer a metadata
-    /// request for `jobs_topic` (default 15 s). When none has within this time, the daemon exits non-zero naming
-    /// the last error; an authentication or TLS certificate failure ends the wait at once. Never ready before.
-    #[serde(default = "default_connect_timeout")]
-    pub connect_timeout_seconds: f64,
-}
-
-/// Whether a librdkafka property holds a secret (`sasl.password`, `ssl.key.password`, `ssl.key.pem`,
-/// `sasl.oauthbearer.client.secret`, …): such values never reach logs or error messages.
-pub fn is_secret_property(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    ["password", "secret", "ssl.key", "oauthbearer.config", "keystore"].iter().any(|s| k.contains(s))
-}
-
-/// Written by hand so `{:?}` of a config never prints a SASL or TLS secret (rust-rdkafka's own `ClientConfig`
-/// printed `sasl.password` up to 0.38).
-impl std::fmt::Debug for KafkaSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let properties: BTreeMap<&str, &str> = self
-            .properties
-            .iter()
-            .map(|(k, v)| (k.as_str(), if is_secret_property(k) { "<redacted>" } else { v.as_str() }))
-            .collect();
-        f.debug_struct("KafkaSettings")
-            .field("brokers", &self.brokers)
-            .field("group", &self.group)
-            .field("jobs_topic", &self.jobs_topic)
-            .field("results_topic", &self.results_topic)
-            .field("dlq_topic", &self.dlq_topic)
-            .field("properties", &properties)
-            .field("pause_grace_ms", &self.pause_grace_ms)
-            .field("buffer", &self.buffer)
-            .field("connect_timeout_seconds", &self.connect_timeout_seconds)
-            .finish()
-    }
-}
-
-fn default_pause_grace() -> u64 {
-    500
-}
-fn default_buffer() -> usize {
-    64
-}
-fn default_connect_timeout() -> f64 {
-    15.0
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AllowedInput {
-    pub bucket: String,
-    #[serde(default)]
-    pub prefix: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct S3Settings {
-    /// `http(s)://host:port`; absent: AWS's regional endpoint.
-    pub endpoint: Option<String>,
-    pub region: String,
-    /// Path-style URLs (`endpoint/bucket/key`): MinIO and most S3-compatible servers need it.
-    #[serde(default = "yes")]
-    pub force_path_style: bool,
-    /// Where job inputs may be read from; any other key is dead-lettered (`forbidden_key`).
-    pub allowed_inputs: Vec<AllowedInput>,
-    /// Per-request timeout in seconds.
-    #[serde(default = "default_timeout")]
-    pub timeout_seconds: f64,
-}
-
-fn yes() -> bool {
-    true
-}
-fn default_timeout() -> f64 {
-    30.0
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpSettings {
-    /// `/metrics`, `/healthz`, `/readyz`.
-    #[serde(default = "default_listen")]
-    pub listen: String,
-    /// `/healthz` fails once the Kafka poll loop has not turned for this long (a wedged loop), so the orchestrator
-    /// restarts the process. The loop polls with a 50-ms timeout even with nothing to read, so the default leaves
-    /// room for a long stop-the-world pause without restarting a healthy daemon.
-    #[serde(default = "default_max_poll_silence")]
-    pub max_poll_silence_seconds: f64,
-}
-
-impl Default for HttpSettings {
-    fn default() -> Self {
-        HttpSettings { listen: default_listen(), max_poll_silence_seconds: default_max_poll_silence() }
-    }
-}
-
-fn default_listen() -> String {
-    "127.0.0.1:9464".into()
-}
-
-fn default_max_poll_silence() -> f64 {
-    60.0
-}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -166,12 +40,12 @@ struct RawFile {
     #[serde(default)]
     jobs: crate::job::JobLimits,
     #[serde(default)]
-    gate: crate::pipeline::settings::GateSettings,
+    gate: crate::settings::GateSettings,
     /// `glowd submit`'s job template and pacing.
-    submit: Option<crate::submit::SubmitSettings>,
+    submit: Option<crate::tools::submit::SubmitSettings>,
     /// `glowd dataset`'s sharding.
     #[serde(default)]
-    dataset: crate::submit::DatasetSettings,
+    dataset: crate::tools::submit::DatasetSettings,
 }
 
 /// A loaded, checked pipeline file.
@@ -182,8 +56,8 @@ pub struct PipelineFile {
     pub http: HttpSettings,
     pub models: Vec<ModelSpec>,
     pub pipeline: PipelineSettings,
-    pub submit: Option<crate::submit::SubmitSettings>,
-    pub dataset: crate::submit::DatasetSettings,
+    pub submit: Option<crate::tools::submit::SubmitSettings>,
+    pub dataset: crate::tools::submit::DatasetSettings,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,5 @@
-//! Acknowledgement bookkeeping: which offset of each partition may be stored (ARCHITECTURE.md contract items 1 and
-//! 6, RELIABILITY.md decisions 2 and 5).
+//! Acknowledgement bookkeeping: which offset of each partition may be stored (docs/reliability.md, contract items 1, 2
+//! and 5).
 //!
 //! Jobs of one partition finish in any order (batches, retries, two inputs vs one), but Kafka keeps one position
 //! per partition. So the tracker stores only the contiguous watermark: the lowest offset still in flight, or, when
@@ -14,8 +14,9 @@
 //! partition's current one is ignored ([`Ack::Stale`]). A job that was in flight when its partition was revoked
 //! (and perhaps reassigned to us) therefore cannot move the new assignment's watermark.
 //!
-//! The tracker is plain single-threaded state, owned by the consumer thread; workers send their tokens back over a
-//! channel. That keeps the watermark logic free of locks and lets the property tests drive it exhaustively.
+//! The tracker is plain state with no locks or I/O of its own, which lets the property tests drive it
+//! exhaustively; the Kafka source shares it between its consumer thread and the pipeline's acks behind one mutex,
+//! held only for a map update.
 //!
 //! Watermarks follow Kafka's commit convention: the value is the *next* offset to read. Store it with
 //! `store_offsets` (a list carrying this value) or `store_offset(tp, watermark - 1)`: rust-rdkafka's
@@ -27,7 +28,7 @@ use std::fmt;
 pub type Offset = i64;
 
 /// Default for [`AckConfig::max_in_flight_per_partition`]. It bounds redelivery: after a crash at most this many
-/// jobs per partition are processed twice (RELIABILITY.md G2 budgets reprocessing as in-flight cap × kills).
+/// jobs per partition are processed twice (G2 in docs/reliability.md budgets reprocessing as in-flight cap × kills).
 pub const DEFAULT_MAX_IN_FLIGHT_PER_PARTITION: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -248,7 +249,8 @@ impl OffsetTracker {
         self.partitions.values().map(|s| s.in_flight.len()).sum()
     }
 
-    /// Whether `tp` has reached [`AckConfig::max_in_flight_per_partition`]: the consumer should pause it.
+    /// Whether `tp` has reached [`AckConfig::max_in_flight_per_partition`]. The property tests' consumer pauses on
+    /// it; the Kafka source compares [`Self::in_flight`] with the same cap, as it also resumes at half of it.
     pub fn at_capacity(&self, tp: &TopicPartition) -> bool {
         self.in_flight(tp) >= self.config.max_in_flight_per_partition
     }

@@ -1,7 +1,8 @@
 //! The embedded mode: the pipeline with a local source and sink, no Kafka or S3. Job lines come from a JSON-lines
 //! file (the same JSON as the Kafka messages), `s3://bucket/key` inputs are read from `<input dir>/bucket/key`,
 //! outputs go to `<output dir>/<prefix>/<job id>/…`, results and dead letters to JSON-lines files.
-use super::{Envelope, JsonlReporter, LocalStore, Pipeline, PipelineSettings, RunSummary};
+use crate::pipeline::{Envelope, JsonlReporter, LocalStore, Pipeline, PipelineSettings, RunSummary};
+use super::StartError;
 use crate::job::SourcePosition;
 use crate::worker::{discover_models, DeviceWorker, ModelSpec, WorkerConfig};
 use std::io::BufRead;
@@ -9,6 +10,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// Kafka's longest topic name.
+const MAX_TOPIC_CHARS: usize = 249;
 
 #[derive(Debug, Clone)]
 pub struct EmbeddedOptions {
@@ -36,20 +40,21 @@ impl EmbeddedOptions {
 
 /// Loads the models, starts the device workers, runs every job line, and returns the counts. Ctrl-C stops the
 /// intake and drains. An error means the run could not start or stopped on a fatal error.
-pub fn run_embedded(opts: &EmbeddedOptions) -> Result<RunSummary, String> {
-    opts.settings.check()?;
-    let specs = discover_models(&opts.model_dir).map_err(|e| format!("{}: {e}", opts.model_dir.display()))?;
+pub fn run_embedded(opts: &EmbeddedOptions) -> Result<RunSummary, StartError> {
+    opts.settings.check().map_err(StartError::Settings)?;
+    let specs = discover_models(&opts.model_dir)
+        .map_err(|e| StartError::Models(format!("{}: {e}", opts.model_dir.display())))?;
     if specs.is_empty() {
-        return Err(format!(
+        return Err(StartError::Models(format!(
             "{}: no model folders (config.json + weights.safetensors) found",
             opts.model_dir.display()
-        ));
+        )));
     }
     let workers = start_workers(&opts.settings, &specs)?;
     let runtime = crate::pipeline::runtime()?;
     runtime.block_on(async {
         let reporter = JsonlReporter::create(&opts.results_path(), &opts.dead_letters_path())
-            .map_err(|e| format!("{}: {e}", opts.output_dir.display()))?;
+            .map_err(|e| StartError::Input(format!("{}: {e}", opts.output_dir.display())))?;
         let pipeline = Pipeline::new(
             opts.settings.clone(),
             &workers,
@@ -57,7 +62,8 @@ pub fn run_embedded(opts: &EmbeddedOptions) -> Result<RunSummary, String> {
             Arc::new(LocalStore::flat(&opts.output_dir)),
             Arc::new(reporter),
             None,
-        )?;
+        )
+        .map_err(StartError::Settings)?;
         let (tx, rx) = mpsc::channel(opts.settings.limits.max_in_flight_jobs);
         let reader = spawn_reader(opts.jobs.clone(), tx)?;
         let stop = CancellationToken::new();
@@ -68,15 +74,15 @@ pub fn run_embedded(opts: &EmbeddedOptions) -> Result<RunSummary, String> {
                 on_signal.cancel();
             }
         });
-        let summary = pipeline.run(rx, stop).await.map_err(|e| e.to_string())?;
+        let summary = pipeline.run(rx, stop).await.map_err(|e| StartError::Pipeline(e.to_string()))?;
         drop(pipeline);
-        reader.join().map_err(|_| "the jobs reader panicked".to_string())??;
+        reader.join().map_err(|_| StartError::Input("the jobs reader panicked".into()))?.map_err(StartError::Input)?;
         Ok(summary)
     })
 }
 
 /// One worker per configured device, each holding every model.
-pub fn start_workers(settings: &PipelineSettings, specs: &[ModelSpec]) -> Result<Vec<DeviceWorker>, String> {
+pub fn start_workers(settings: &PipelineSettings, specs: &[ModelSpec]) -> Result<Vec<DeviceWorker>, StartError> {
     settings
         .batching
         .devices
@@ -90,7 +96,7 @@ pub fn start_workers(settings: &PipelineSettings, specs: &[ModelSpec]) -> Result
                 },
                 specs.to_vec(),
             )
-            .map_err(|e| e.to_string())
+            .map_err(|e| StartError::Models(e.to_string()))
         })
         .collect()
 }
@@ -100,10 +106,11 @@ pub fn start_workers(settings: &PipelineSettings, specs: &[ModelSpec]) -> Result
 fn spawn_reader(
     path: PathBuf,
     tx: mpsc::Sender<Envelope>,
-) -> Result<std::thread::JoinHandle<Result<(), String>>, String> {
-    let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+) -> Result<std::thread::JoinHandle<Result<(), String>>, StartError> {
+    let file = std::fs::File::open(&path).map_err(|e| StartError::Input(format!("{}: {e}", path.display())))?;
     let topic: String = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "jobs".into());
-    let topic: String = topic.chars().take(249).collect();
+    // Kafka's own limit on topic names, so an embedded run's source positions look like a daemon's.
+    let topic: String = topic.chars().take(MAX_TOPIC_CHARS).collect();
     std::thread::Builder::new()
         .name("glowd-jobs-reader".into())
         .spawn(move || {
@@ -127,5 +134,5 @@ fn spawn_reader(
                 number += 1;
             }
         })
-        .map_err(|e| e.to_string())
+        .map_err(StartError::Runtime)
 }

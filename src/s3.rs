@@ -1,8 +1,8 @@
 //! The S3 store (aws-sdk-s3): whole-object reads with a size cap, create-only writes (`If-None-Match: *`, a 412
 //! means the object exists: a redelivered job), CRC32C on every upload, and a start-up self-test that the server
-//! honours conditional writes (RELIABILITY.md decisions 3 and 9, G12). Credentials come from the standard AWS
+//! honours conditional writes (docs/reliability.md, contract items 3 and 9; G12). Credentials come from the standard AWS
 //! chain (environment, profile, instance role); nothing here logs them.
-use super::config::S3Settings;
+use crate::settings::S3Settings;
 use crate::pipeline::store::{BoxFuture, ObjectStore, PutOutcome, StoreError};
 use aws_sdk_s3::config::{BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::SdkError;
@@ -16,6 +16,25 @@ pub struct S3Store {
     client: Client,
 }
 
+/// Attempts the SDK makes per request before the pipeline's own retry budget takes over: few and quick.
+pub const SDK_MAX_ATTEMPTS: u32 = 3;
+/// How long a TCP connect to the store may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the start-up self-test keeps retrying transient failures: one bad answer should not keep a daemon
+/// from starting, a store that is down for good should.
+pub const SELF_TEST_PATIENCE: Duration = Duration::from_secs(30);
+/// Pause between self-test attempts.
+const SELF_TEST_RETRY_WAIT: Duration = Duration::from_millis(500);
+
+/// Why the start-up self-test refused the store.
+#[derive(Debug, thiserror::Error)]
+pub enum SelfTestError {
+    #[error("s3://{bucket}/{key}: a second create-only write (If-None-Match: *) succeeded: this store ignores conditional writes, so outputs could be overwritten")]
+    IgnoresConditionalWrites { bucket: String, key: String },
+    #[error("s3://{bucket}/{key}: {error}")]
+    Store { bucket: String, key: String, error: StoreError },
+}
+
 impl S3Store {
     pub async fn new(s: &S3Settings) -> S3Store {
         let shared = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(s.region.clone())).load().await;
@@ -27,11 +46,11 @@ impl S3Store {
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             // The SDK's own retries are few and quick; the pipeline retries with its own budget on top.
-            .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(3))
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(SDK_MAX_ATTEMPTS))
             .timeout_config(
                 aws_sdk_s3::config::timeout::TimeoutConfig::builder()
                     .operation_attempt_timeout(timeout)
-                    .connect_timeout(Duration::from_secs(5))
+                    .connect_timeout(CONNECT_TIMEOUT)
                     .build(),
             );
         if let Some(endpoint) = &s.endpoint {
@@ -48,17 +67,16 @@ impl S3Store {
     /// Writes `key` create-only twice: the second write must be refused (412). A store that overwrites instead
     /// would turn redelivered jobs into duplicate writes, so the daemon refuses to become ready on it. The probe
     /// key is fixed, so only one small object ever exists.
-    pub async fn self_test(&self, bucket: &str, key: &str) -> Result<(), String> {
+    pub async fn self_test(&self, bucket: &str, key: &str) -> Result<(), SelfTestError> {
         let body = b"glowd conditional-write probe\n".to_vec();
         let mut attempt = 0;
-        // A transient failure (503 SlowDown, a reset connection) is retried for a while: one bad answer should not
-        // keep a daemon from starting, but a store that is down for good should.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        // A transient failure (503 SlowDown, a reset connection) is retried for a while.
+        let deadline = std::time::Instant::now() + SELF_TEST_PATIENCE;
         loop {
             let put = match self.put_if_absent(bucket, key, body.clone(), "text/plain").await {
                 Err(StoreError::Transient(m)) if std::time::Instant::now() < deadline => {
                     tracing::warn!(error = %m, "S3 self-test: transient failure, retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tokio::time::sleep(SELF_TEST_RETRY_WAIT).await;
                     continue;
                 }
                 other => other,
@@ -67,12 +85,9 @@ impl S3Store {
                 Ok(PutOutcome::AlreadyExists) => return Ok(()),
                 Ok(PutOutcome::Created) if attempt == 0 => attempt = 1,
                 Ok(PutOutcome::Created) => {
-                    return Err(format!(
-                        "s3://{bucket}/{key}: a second create-only write (If-None-Match: *) succeeded: this store \
-                         ignores conditional writes, so outputs could be overwritten"
-                    ))
+                    return Err(SelfTestError::IgnoresConditionalWrites { bucket: bucket.into(), key: key.into() })
                 }
-                Err(e) => return Err(format!("s3://{bucket}/{key}: {e}")),
+                Err(error) => return Err(SelfTestError::Store { bucket: bucket.into(), key: key.into(), error }),
             }
         }
     }

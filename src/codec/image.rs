@@ -2,6 +2,9 @@
 use image::{DynamicImage, GenericImageView, ImageReader};
 use std::path::{Path, PathBuf};
 
+/// Input formats a pipeline may accept (`image_formats` in the pipeline file).
+pub const KNOWN_FORMATS: [&str; 4] = ["png", "jpeg", "webp", "gif"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("{path}: cannot read image ({message})")]

@@ -1,0 +1,159 @@
+//! The stages' I/O with retries: fetching inputs, the device round trip, create-only writes, reporting. Each
+//! returns a [`StageError`] whose disposition says whether [`Pipeline::retrying`] tries again.
+use super::*;
+
+impl Pipeline {
+    /// Reporting is retried until it works or the job is abandoned: a job is not finished until it is reported,
+    /// and giving up would mean dead-lettering through the very sink that fails.
+    pub(super) async fn report<'a, F>(&'a self, mut f: impl FnMut() -> F, stage: Stage) -> Result<(), StageError>
+    where
+        F: std::future::Future<Output = Result<(), report::ReportError>> + 'a,
+    {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match f().await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(attempt, error = %e, "reporting failed, retrying");
+                    metrics::counter!("glowd_retries_total", "stage" => "report").increment(1);
+                    let wait = self.settings.retry.backoff(attempt);
+                    tokio::select! {
+                        _ = self.abandon.cancelled() => return Err(StageError::abandoned(stage)),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+    /// Runs `f` until it succeeds, fails for good, or fails transiently for longer than the retry budget (then
+    /// `retries_exhausted`). Returns the error with the number of attempts.
+    pub(super) async fn retrying<'a, T, F>(&'a self, mut f: impl FnMut() -> F) -> Result<T, (StageError, u32)>
+    where
+        F: std::future::Future<Output = Result<T, StageError>> + 'a,
+    {
+        let start = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let e = match f().await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            if e.disposition != Disposition::Retry || e.abandoned {
+                return Err((e, attempt));
+            }
+            if start.elapsed() >= self.settings.retry.budget() {
+                let message = format!(
+                    "gave up after {attempt} attempts over {:.1} s: {}",
+                    start.elapsed().as_secs_f64(),
+                    e.message
+                );
+                return Err((StageError::dead(ErrorKind::RetriesExhausted, e.stage, message), attempt));
+            }
+            let stage = e.stage.as_str();
+            metrics::counter!("glowd_retries_total", "stage" => stage).increment(1);
+            tracing::warn!(attempt, kind = e.kind.as_str(), error = %e.message, "transient failure, retrying");
+            let wait = self.settings.retry.backoff(attempt);
+            tokio::select! {
+                _ = self.abandon.cancelled() => return Err((StageError::abandoned(e.stage), attempt)),
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+    pub(super) fn stage_time(timing: &mut Option<f64>, since: Instant, stage: &'static str) {
+        let s = since.elapsed().as_secs_f64();
+        *timing = Some(timing.unwrap_or(0.0) + s);
+        metrics::histogram!("glowd_stage_seconds", "stage" => stage).record(s);
+    }
+    pub(super) async fn fetch(&self, bucket: &str, key: &str) -> Result<Vec<u8>, StageError> {
+        let _permit = tokio::select! {
+            _ = self.abandon.cancelled() => return Err(StageError::abandoned(Stage::Fetch)),
+            p = self.fetch_permits.acquire() => p.expect("never closed"),
+        };
+        let uri = format!("s3://{bucket}/{key}");
+        let max = self.settings.images.max_input_bytes;
+        match self.inputs.get(bucket, key, max).await {
+            Ok(bytes) => Ok(bytes),
+            Err(StoreError::NotFound) => {
+                Err(StageError::dead(ErrorKind::MissingObject, Stage::Fetch, format!("{uri}: no such object")))
+            }
+            Err(e @ StoreError::TooLarge { .. }) => {
+                Err(StageError::dead(ErrorKind::InputTooLarge, Stage::Fetch, format!("{uri}: {e}")))
+            }
+            Err(StoreError::Denied(m)) => Err(StageError::dead(ErrorKind::AccessDenied, Stage::Fetch, format!("{uri}: {m}"))),
+            Err(StoreError::Transient(m)) => Err(StageError::retry(ErrorKind::FetchError, Stage::Fetch, format!("{uri}: {m}"))),
+        }
+    }
+    pub(super) async fn on_device(&self, model: usize, op: DeviceOp) -> Result<DeviceOutput, StageError> {
+        let (reply, rx) = oneshot::channel();
+        let queue = &self.models[model].1;
+        tokio::select! {
+            _ = self.abandon.cancelled() => return Err(StageError::abandoned(Stage::Batch)),
+            sent = queue.tx.send(BatchItem { op, reply }) => {
+                sent.map_err(|_| StageError::fatal(ErrorKind::DeviceStopped, Stage::Batch, "the model's batcher is gone"))?
+            }
+        }
+        tokio::select! {
+            _ = self.abandon.cancelled() => Err(StageError::abandoned(Stage::Device)),
+            r = rx => match r {
+                Ok(r) => r.map_err(StageError::from),
+                Err(_) => Err(StageError::fatal(ErrorKind::DeviceStopped, Stage::Device, "the device worker dropped the job")),
+            },
+        }
+    }
+    /// A create-only write. When the key exists already (a redelivered job), the stored bytes are read back, so the
+    /// manifest describes what is stored; they should equal ours (outputs are deterministic) and a difference is
+    /// logged and counted.
+    pub(super) async fn put(&self, bucket: &str, key: &str, bytes: Vec<u8>, media: MediaType) -> Result<Vec<u8>, StageError> {
+        let _permit = tokio::select! {
+            _ = self.abandon.cancelled() => return Err(StageError::abandoned(Stage::Put)),
+            p = self.put_permits.acquire() => p.expect("never closed"),
+        };
+        let content_type = content_type(media);
+        match self.outputs.put_if_absent(bucket, key, bytes.clone(), content_type).await {
+            Ok(PutOutcome::Created) => Ok(bytes),
+            Ok(PutOutcome::AlreadyExists) => {
+                metrics::counter!("glowd_outputs_existing_total").increment(1);
+                match self.outputs.get(bucket, key, u64::MAX).await {
+                    Ok(stored) => {
+                        if stored != bytes {
+                            metrics::counter!("glowd_outputs_differing_total").increment(1);
+                            tracing::warn!(
+                                key,
+                                "an existing output differs from the recomputed one; the manifest lists the stored one"
+                            );
+                        }
+                        Ok(stored)
+                    }
+                    Err(StoreError::Transient(m)) => {
+                        Err(StageError::retry(ErrorKind::PutError, Stage::Put, format!("{key}: {m}")))
+                    }
+                    Err(e) => Err(StageError::retry(
+                        ErrorKind::PutError,
+                        Stage::Put,
+                        format!("{key}: reading back the existing object: {e}"),
+                    )),
+                }
+            }
+            Err(StoreError::Denied(m)) => Err(StageError::fatal(ErrorKind::AccessDenied, Stage::Put, format!("{key}: {m}"))),
+            Err(e) => Err(StageError::retry(ErrorKind::PutError, Stage::Put, format!("{key}: {e}"))),
+        }
+    }
+    pub(super) async fn put_manifest(&self, bucket: &str, key: &str, bytes: Vec<u8>) -> Result<(), StageError> {
+        match self.outputs.put_if_absent(bucket, key, bytes, "application/json").await {
+            Ok(_) => Ok(()),
+            Err(StoreError::Denied(m)) => Err(StageError::fatal(ErrorKind::AccessDenied, Stage::Put, format!("{key}: {m}"))),
+            Err(e) => Err(StageError::retry(ErrorKind::PutError, Stage::Put, format!("{key}: {e}"))),
+        }
+    }
+}
+
+pub(super) fn content_type(media: MediaType) -> &'static str {
+    match media {
+        MediaType::Png => "image/png",
+        MediaType::Webp => "image/webp",
+        MediaType::Gif => "image/gif",
+        MediaType::OctetStream => "application/octet-stream",
+    }
+}
