@@ -101,6 +101,11 @@ pub struct Pipeline {
     intake: CancellationToken,
     fatal: Mutex<Option<StageError>>,
     counters: Counters,
+    /// When the object stores last answered a request (any answer but a transient failure), in milliseconds since
+    /// `epoch`, plus one (0: never). The retry budget of a fetch or a write only runs while the store answers
+    /// something: during an outage nothing is the job's fault, so nothing uses up its budget.
+    store_answered_ms: AtomicU64,
+    epoch: Instant,
 }
 
 
@@ -147,6 +152,8 @@ impl Pipeline {
             intake: CancellationToken::new(),
             fatal: Mutex::new(None),
             counters: Counters::default(),
+            store_answered_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
         }))
     }
 

@@ -32,7 +32,7 @@ impl Pipeline {
     where
         F: std::future::Future<Output = Result<T, StageError>> + 'a,
     {
-        let start = Instant::now();
+        let mut start = Instant::now();
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -42,6 +42,14 @@ impl Pipeline {
             };
             if e.disposition != Disposition::Retry || e.abandoned {
                 return Err((e, attempt));
+            }
+            let store_stage = matches!(e.stage, Stage::Fetch | Stage::Put);
+            if store_stage && start.elapsed() >= self.settings.retry.budget() && !self.store_answered_since(start) {
+                // The store has answered nothing since the budget started: an outage, which is no job's fault.
+                // The budget starts again and the job waits, like every other job, for the store to come back.
+                metrics::gauge!("glowd_store_unanswered").set(1.0);
+                tracing::warn!(attempt, error = %e.message, "the object store answers nothing: waiting for it");
+                start = Instant::now();
             }
             if start.elapsed() >= self.settings.retry.budget() {
                 let message = format!(
@@ -61,6 +69,20 @@ impl Pipeline {
             }
         }
     }
+    /// Records that an object store answered a request (any answer but a transient failure).
+    pub(super) fn note_store_answer(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64 + 1;
+        self.store_answered_ms.fetch_max(ms, Ordering::Relaxed);
+        metrics::gauge!("glowd_store_unanswered").set(0.0);
+    }
+
+    /// Whether an object store has answered a request since `t`.
+    fn store_answered_since(&self, t: Instant) -> bool {
+        let answered = self.store_answered_ms.load(Ordering::Relaxed);
+        let since = t.saturating_duration_since(self.epoch).as_millis() as u64 + 1;
+        answered >= since
+    }
+
     pub(super) fn stage_time(timing: &mut Option<f64>, since: Instant, stage: &'static str) {
         let s = since.elapsed().as_secs_f64();
         *timing = Some(timing.unwrap_or(0.0) + s);
@@ -73,7 +95,11 @@ impl Pipeline {
         };
         let uri = format!("s3://{bucket}/{key}");
         let max = self.settings.images.max_input_bytes;
-        match self.inputs.get(bucket, key, max).await {
+        let got = self.inputs.get(bucket, key, max).await;
+        if !matches!(got, Err(StoreError::Transient(_))) {
+            self.note_store_answer();
+        }
+        match got {
             Ok(bytes) => Ok(bytes),
             Err(StoreError::NotFound) => {
                 Err(StageError::dead(ErrorKind::MissingObject, Stage::Fetch, format!("{uri}: no such object")))
@@ -111,7 +137,11 @@ impl Pipeline {
             p = self.put_permits.acquire() => p.expect("never closed"),
         };
         let content_type = content_type(media);
-        match self.outputs.put_if_absent(bucket, key, bytes.clone(), content_type).await {
+        let put = self.outputs.put_if_absent(bucket, key, bytes.clone(), content_type).await;
+        if !matches!(put, Err(StoreError::Transient(_))) {
+            self.note_store_answer();
+        }
+        match put {
             Ok(PutOutcome::Created) => Ok(bytes),
             Ok(PutOutcome::AlreadyExists) => {
                 metrics::counter!("glowd_outputs_existing_total").increment(1);
@@ -141,7 +171,11 @@ impl Pipeline {
         }
     }
     pub(super) async fn put_manifest(&self, bucket: &str, key: &str, bytes: Vec<u8>) -> Result<(), StageError> {
-        match self.outputs.put_if_absent(bucket, key, bytes, "application/json").await {
+        let put = self.outputs.put_if_absent(bucket, key, bytes, "application/json").await;
+        if !matches!(put, Err(StoreError::Transient(_))) {
+            self.note_store_answer();
+        }
+        match put {
             Ok(_) => Ok(()),
             Err(StoreError::Denied(m)) => Err(StageError::fatal(ErrorKind::AccessDenied, Stage::Put, format!("{key}: {m}"))),
             Err(e) => Err(StageError::retry(ErrorKind::PutError, Stage::Put, format!("{key}: {e}"))),
@@ -155,5 +189,72 @@ pub(super) fn content_type(media: MediaType) -> &'static str {
         MediaType::Webp => "image/webp",
         MediaType::Gif => "image/gif",
         MediaType::OctetStream => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::DeviceWorker;
+
+    /// A pipeline with a 200-ms retry budget and 10-ms backoffs, over local folders.
+    fn pipeline(dir: &std::path::Path) -> (Arc<Pipeline>, tokio::sync::mpsc::Receiver<crate::worker::Batch>) {
+        let mut settings = PipelineSettings::default();
+        settings.retry = crate::settings::RetrySettings { initial_backoff_ms: 10, max_backoff_ms: 10, max_elapsed_seconds: 0.2 };
+        let (worker, device) = DeviceWorker::fake(4);
+        let store = Arc::new(crate::pipeline::LocalStore::flat(dir));
+        let reporter =
+            Arc::new(crate::pipeline::JsonlReporter::create(&dir.join("r.jsonl"), &dir.join("d.jsonl")).unwrap());
+        (Pipeline::new(settings, &[worker], store.clone(), store, reporter, None).unwrap(), device)
+    }
+
+    fn fetch_error() -> StageError {
+        StageError::retry(ErrorKind::FetchError, Stage::Fetch, "connection refused")
+    }
+
+    #[tokio::test]
+    async fn a_store_outage_longer_than_the_budget_does_not_use_it_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _device) = pipeline(dir.path());
+        let t0 = Instant::now();
+        // Down for three budgets, answering nothing; then up.
+        let r = p
+            .retrying(|| async {
+                if t0.elapsed() < Duration::from_millis(600) {
+                    Err(fetch_error())
+                } else {
+                    Ok(7)
+                }
+            })
+            .await;
+        assert_eq!(r.map_err(|(e, _)| e.to_string()), Ok(7));
+    }
+
+    #[tokio::test]
+    async fn an_object_that_fails_while_the_store_answers_others_uses_up_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _device) = pipeline(dir.path());
+        let t0 = Instant::now();
+        let r = p
+            .retrying(|| async {
+                // Other jobs' requests are answered meanwhile.
+                p.note_store_answer();
+                Err::<(), _>(fetch_error())
+            })
+            .await;
+        let (e, attempts) = r.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::RetriesExhausted, "{e}");
+        assert!(attempts > 1);
+        assert!(t0.elapsed() < Duration::from_secs(2), "gave up after {:?}", t0.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_device_failure_uses_up_the_budget_whatever_the_store_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _device) = pipeline(dir.path());
+        let r = p
+            .retrying(|| async { Err::<(), _>(StageError::retry(ErrorKind::DeviceError, Stage::Device, "torch")) })
+            .await;
+        assert_eq!(r.unwrap_err().0.kind, ErrorKind::RetriesExhausted);
     }
 }

@@ -94,7 +94,9 @@ impl Default for BatchSettings {
 pub struct RetrySettings {
     pub initial_backoff_ms: u64,
     pub max_backoff_ms: u64,
-    /// After this long retrying one stage of one job, the job is dead-lettered (`retries_exhausted`).
+    /// After this long retrying one stage of one job, the job is dead-lettered (`retries_exhausted`). For fetches
+    /// and writes the clock only runs while the object store answers requests: an outage stalls the jobs (they
+    /// wait for the store, and are not dead-lettered), a key that keeps failing while others succeed does not.
     pub max_elapsed_seconds: f64,
 }
 
