@@ -16,6 +16,45 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+/// A partition paused under backlog, revoked when a second member joins and assigned back when it leaves, is
+/// fetched again (librdkafka keeps the application's pause flag across unassign and assign): 200 jobs queued,
+/// `max_in_flight_jobs` 2, a member that joins and leaves; all 200 finish.
+#[test]
+fn a_paused_partition_that_comes_back_is_fetched_again() {
+    let _serial = serial();
+    let Workload { tmp, n, model, ids, jobs, rt, .. } = workload("pauseback", &HEAVY, 200);
+    rt.block_on(produce(&n.jobs, &jobs));
+    let (port_a, port_b) = (free_port(), free_port());
+    let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    std::fs::create_dir_all(&dir_a).unwrap();
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let (cfg_a, cfg_b) = (config(&dir_a, &n, &model, port_a), config(&dir_b, &n, &model, port_b));
+    for cfg in [&cfg_a, &cfg_b] {
+        let text = std::fs::read_to_string(cfg).unwrap().replace("max_in_flight_jobs = 16", "max_in_flight_jobs = 2");
+        std::fs::write(cfg, text).unwrap();
+        short_session(cfg);
+    }
+    let a = start_daemon(&cfg_a, &dir_a.join("daemon.log"), port_a);
+    let wait_for = |what: &dyn Fn() -> bool| {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(60) && !what() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_for(&|| a.log_text().contains("paused (pipeline full)"));
+    // B joins (partitions, paused ones among them, move from A to B), then leaves (they come back to A).
+    let b = start_daemon(&cfg_b, &dir_b.join("daemon.log"), port_b);
+    wait_for(&|| a.log_text().contains("partition revoked") && b.log_text().contains("partition assigned"));
+    let log_b = b.log_text();
+    assert!(b.stop().success(), "{log_b}");
+    let seen = done_results(&n.results, &ids, Duration::from_secs(240));
+    let log_a = a.log_text();
+    assert!(a.stop().success(), "{log_a}");
+    assert!(log_a.contains("paused (pipeline full)"), "A never paused:\n{log_a}");
+    assert!(log_a.contains("partition revoked"), "B's arrival took no partition from A:\n{log_a}");
+    assert_eq!(seen.len(), ids.len(), "jobs never done after their partitions came back to A:\n{log_a}");
+}
+
 #[test]
 fn a_backlog_beyond_the_in_flight_limit_pauses_and_resumes_the_partitions() {
     let _serial = serial();

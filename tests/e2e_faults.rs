@@ -110,6 +110,52 @@ async fn set_topic_config(topic: &str, key: &str, value: &str) {
     }
 }
 
+/// A job message too large for the DLQ (1,000,100 bytes on a jobs topic that allows 2 MB, while the DLQ producer
+/// takes 1 MB) is dead-lettered cut to fit, marked with its original size and SHA-256, and its offset and the
+/// next job's are committed: the partition does not wedge.
+#[test]
+fn a_job_too_large_for_the_dlq_is_dead_lettered_cut_to_fit() {
+    use sha2::Digest;
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let n = names("hugejob");
+    let model = common::pipeline::model_with_directions(tmp.path());
+    let rt = runtime();
+    rt.block_on(create_topics(&n));
+    rt.block_on(set_topic_config(&n.jobs, "max.message.bytes", "2097152"));
+    let prefix = "{\"pad\": \"";
+    let huge = format!("{prefix}{}\"}}", "x".repeat(1_000_100 - prefix.len() - 2));
+    assert_eq!(huge.len(), 1_000_100);
+    let producer: FutureProducer = kafka().set("acks", "all").set("message.max.bytes", "2097152").create().unwrap();
+    rt.block_on(async {
+        // One partition for both, in order: the good job waits behind the huge one.
+        for (key, payload) in [("k0", huge.clone()), ("k0", job("after-huge", "sample", json!({"n": 1})))] {
+            producer
+                .send(FutureRecord::to(&n.jobs).key(key).payload(&payload), Duration::from_secs(30))
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+    });
+    let port = free_port();
+    let cfg = config(tmp.path(), &n, &model, port);
+    let daemon = start_daemon(&cfg, &tmp.path().join("daemon.log"), port);
+    let done = wait_committed(&n, 2, Duration::from_secs(120));
+    let dead = consume(&n.dlq, 1, Duration::from_secs(30), Duration::from_secs(1));
+    let log = daemon.log_text();
+    assert!(daemon.stop().success(), "{log}");
+    assert_eq!(done, 2, "the partition wedged behind the huge message: {log}");
+    assert_eq!(dead.len(), 1, "{log}");
+    let digest: String = sha2::Sha256::digest(huge.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        dead[0].headers.get("glowd.payload.truncated").map(String::as_str),
+        Some(format!("original 1000100 bytes, sha256 {digest}").as_str())
+    );
+    assert_eq!(dead[0].headers.get("glowd.error.kind").map(String::as_str), Some("too_large"));
+    assert!(dead[0].payload.len() < 1_000_000 && dead[0].payload.len() > 900_000, "{}", dead[0].payload.len());
+    assert!(huge.as_bytes().starts_with(&dead[0].payload));
+}
+
 /// G9: while the DLQ topic refuses every record (its `max.message.bytes` is 1), a bad job is not skipped: its
 /// offset is never committed, the good jobs after it finish but their offsets wait behind it, and once the DLQ
 /// takes records again the dead letters land and every offset is committed, without a restart.

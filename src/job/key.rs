@@ -140,11 +140,15 @@ pub fn check_key(key: &str) -> Result<(), KeyError> {
         if segment.is_empty() {
             return Err(KeyError::EmptySegment);
         }
-        // NFKC as well: a layer that folds compatibility characters would read `．．` (fullwidth) or `‥` (two-dot
-        // leader) as `..`.
-        if matches!(segment, "." | "..") || matches!(segment.nfkc().collect::<String>().as_str(), "." | "..") {
+        if matches!(segment, "." | "..") {
             return Err(KeyError::DotSegment);
         }
+    }
+    // NFKC as well, folded before splitting: a layer that folds compatibility characters would read `．．` (fullwidth)
+    // or `‥` (two-dot leader) as `..`, and `／` (fullwidth solidus) as a separator, so `a/．．／secrets` as
+    // `a/../secrets`.
+    if key.nfkc().collect::<String>().split('/').any(|segment| matches!(segment, "." | "..")) {
+        return Err(KeyError::DotSegment);
     }
     Ok(())
 }
@@ -253,6 +257,8 @@ mod tests {
             ("a%2fb", "percent_encoded"),
             ("a%252e", "percent_encoded"),
             ("a%00", "percent_encoded"),
+            ("celeba/\u{ff0e}\u{ff0e}\u{ff0f}secrets/x", "dot_segment"),
+            ("a\u{ff0f}\u{2025}\u{ff0f}b", "dot_segment"),
             ("cafe\u{301}.png", "not_nfc"),
         ];
         for (key, reason) in cases {

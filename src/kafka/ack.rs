@@ -183,8 +183,23 @@ impl OffsetTracker {
         self.partitions.remove(tp).map(|s| s.in_flight.len())
     }
 
+    /// Takes the message at `offset`, following a seek back: when the consumer delivers an offset at or below the
+    /// last one taken in this assignment (librdkafka went back after log truncation or an out-of-range reset, within
+    /// the same assignment), the partition's tracking restarts there under a fresh generation, so the jobs from that
+    /// offset on are taken again and the tokens taken before become stale. Skipping them instead would let the
+    /// watermark pass offsets that were never processed. Returns the token and whether the tracking restarted.
+    pub fn take(&mut self, tp: &TopicPartition, offset: Offset) -> Result<(AckToken, bool), RegisterError> {
+        match self.register(tp, offset) {
+            Err(RegisterError::NotIncreasing { .. }) => {
+                self.assign(tp.clone());
+                Ok((self.register(tp, offset)?, true))
+            }
+            other => other.map(|token| (token, false)),
+        }
+    }
+
     /// Records that the job at `offset` was taken. Offsets of one assignment must strictly increase (gaps are
-    /// fine).
+    /// fine); [`Self::take`] handles a seek back.
     pub fn register(&mut self, tp: &TopicPartition, offset: Offset) -> Result<AckToken, RegisterError> {
         let state = self.partitions.get_mut(tp).ok_or_else(|| RegisterError::NotAssigned(tp.clone()))?;
         if offset < 0 {
@@ -288,6 +303,31 @@ mod tests {
         assert_eq!(t.complete(&tokens[1]), Ack::Duplicate);
         assert_eq!(t.take_advanced(), vec![(tp.clone(), 10)]);
         assert_eq!(t.take_advanced(), vec![]);
+    }
+
+    #[test]
+    fn a_seek_back_takes_the_offsets_again_and_the_watermark_follows_them() {
+        let tp = TopicPartition::new("jobs", 0);
+        let mut t = OffsetTracker::default();
+        t.assign(tp.clone());
+        let old: Vec<AckToken> = (0..6).map(|o| t.take(&tp, o).unwrap().0).collect();
+        for token in &old[..4] {
+            assert_eq!(t.complete(token), Ack::Accepted);
+        }
+        assert_eq!(t.take_advanced(), vec![(tp.clone(), 4)]);
+        // librdkafka goes back to 2 (a truncated log, an out-of-range reset): 2 and what follows are taken again.
+        let (two, restarted) = t.take(&tp, 2).unwrap();
+        assert!(restarted);
+        let (three, restarted) = t.take(&tp, 3).unwrap();
+        assert!(!restarted);
+        assert_eq!(t.complete(&old[4]), Ack::Stale, "a job of before the seek cannot move the new watermark");
+        assert_eq!(t.committable(&tp), None, "2 is not finished again yet");
+        assert_eq!(t.complete(&two), Ack::Accepted);
+        assert_eq!(t.complete(&three), Ack::Accepted);
+        assert_eq!(t.take_advanced(), vec![(tp.clone(), 4)], "the watermark follows the offsets taken again");
+        let (four, _) = t.take(&tp, 4).unwrap();
+        t.complete(&four);
+        assert_eq!(t.take_advanced(), vec![(tp.clone(), 5)]);
     }
 
     #[test]

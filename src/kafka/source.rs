@@ -172,6 +172,20 @@ impl ConsumerContext for Context {
         }
     }
 
+    /// After an assignment: librdkafka keeps the application's pause flag of a partition across unassign and
+    /// assign, while the poller forgets the pauses of partitions it no longer owns. A partition paused under backlog,
+    /// revoked and later assigned back would never be fetched again; so what is assigned starts resumed, and the
+    /// poller pauses it again if the backlog still says so.
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            if tpl.count() > 0 {
+                if let Err(e) = consumer.resume(tpl) {
+                    tracing::warn!(error = %e, "resuming the assigned partitions failed");
+                }
+            }
+        }
+    }
+
     fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
         match result {
             Ok(()) => metrics::counter!("glowd_commits_total", "outcome" => "ok").increment(1),
@@ -315,9 +329,14 @@ impl Poller {
                     // A record arrived, so a broker is reachable (also when statistics are switched off).
                     self.state.brokers_down.store(false, Ordering::Relaxed);
                     let tp = TopicPartition::new(m.topic(), m.partition());
-                    let registered = self.tracker.lock().unwrap_or_else(|p| p.into_inner()).register(&tp, m.offset());
-                    match registered {
-                        Ok(token) => {
+                    let taken = self.tracker.lock().unwrap_or_else(|p| p.into_inner()).take(&tp, m.offset());
+                    match taken {
+                        Ok((token, restarted)) => {
+                            if restarted {
+                                tracing::warn!(partition = %tp, offset = m.offset(),
+                                    "the consumer went back within the assignment: taking the jobs from here again");
+                                metrics::counter!("glowd_seek_backs_total").increment(1);
+                            }
                             let source = SourcePosition {
                                 topic: m.topic().to_string(),
                                 partition: m.partition(),
@@ -336,7 +355,7 @@ impl Poller {
                             let envelope = Envelope::new(payload, Some(source), Some(ack)).with_traceparent(traceparent);
                             self.pending.push_back((token, envelope));
                         }
-                        Err(e) => tracing::warn!(error = %e, "message not registered (skipped until redelivered)"),
+                        Err(e) => tracing::warn!(error = %e, "message not taken (not assigned here)"),
                     }
                 }
             }

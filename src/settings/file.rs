@@ -182,10 +182,18 @@ pub fn override_from_env(
         if keys.iter().any(String::is_empty) {
             return Err(format!("{name}: empty key segment"));
         }
-        let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        // librdkafka properties are strings whatever they look like, and a secret's value must never be parsed: a
+        // parse into the wrong type would echo it in the error ("invalid type: integer `123456`").
+        let verbatim = keys.first().is_some_and(|k| k == "kafka") && keys.get(1).is_some_and(|k| k == "properties")
+            || keys.iter().any(|k| crate::settings::is_secret_property(k));
+        let parsed = if verbatim {
+            toml::Value::String(raw.clone())
+        } else {
+            toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(raw.clone()))
+        };
         let mut table = value.as_table_mut().ok_or("a pipeline file is a table")?;
         for k in &keys[..keys.len() - 1] {
             table = table
@@ -286,6 +294,19 @@ mod env_overrides {
         super::override_from_env(&mut v, std::iter::once(("GLOWD__LIMITS__MAX_INFLIGHT".into(), "3".into()))).unwrap();
         let e = super::PipelineFile::from_value(v, std::path::Path::new("."), &|_| None).unwrap_err();
         assert!(e.contains("max_inflight"), "{e}");
+    }
+
+    #[test]
+    fn kafka_properties_and_secrets_stay_strings_and_are_never_echoed() {
+        let text = "[kafka]\nbrokers = \"b:9092\"\ngroup = \"g\"\njobs_topic = \"j\"\nresults_topic = \"r\"\ndlq_topic = \"d\"\n";
+        let mut v: toml::Value = toml::from_str(text).unwrap();
+        // Both parse as TOML integers; a properties map takes strings, and an error would have echoed the password.
+        let vars = [("GLOWD__KAFKA__PROPERTIES__SASL.PASSWORD", "123456"), ("GLOWD__KAFKA__PROPERTIES__LINGER.MS", "5")];
+        super::override_from_env(&mut v, vars.iter().map(|(a, b)| (a.to_string(), b.to_string()))).unwrap();
+        let f = super::PipelineFile::from_value(v, std::path::Path::new("."), &|_| None).unwrap();
+        let k = f.kafka.unwrap();
+        assert_eq!(k.properties["sasl.password"], "123456");
+        assert_eq!(k.properties["linger.ms"], "5");
     }
 }
 
