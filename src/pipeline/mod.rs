@@ -209,7 +209,17 @@ impl Pipeline {
             metrics::gauge!("glowd_jobs_in_flight").increment(1.0);
             let this = self.clone();
             tracker.spawn(async move {
-                this.handle(envelope).await;
+                // The job runs in a task of its own so that a panic in it is seen here: a panicking job would
+                // otherwise drop its ack silently and freeze its partition's watermark while the daemon looks
+                // healthy. The pipeline stops instead (not acknowledged, the job is redelivered after a restart).
+                let job = this.clone();
+                if let Err(e) = tokio::spawn(async move { job.handle(envelope).await }).await {
+                    if e.is_panic() {
+                        metrics::counter!("glowd_task_panics_total").increment(1);
+                        let message = format!("a job's task panicked: {}", panic_text(e.into_panic()));
+                        this.set_fatal(StageError::fatal(ErrorKind::Internal, Stage::Report, message));
+                    }
+                }
                 metrics::gauge!("glowd_jobs_in_flight").decrement(1.0);
                 drop(permit);
             });
@@ -548,6 +558,14 @@ impl Pipeline {
 
 
 /// Awaits futures concurrently, in order; the first error wins.
+/// The message of a caught panic.
+fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
+}
+
 async fn futures_join_all<T, E, F: std::future::Future<Output = Result<T, E>>>(
     futs: impl IntoIterator<Item = F>,
 ) -> Result<Vec<T>, E> {

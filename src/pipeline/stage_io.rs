@@ -257,4 +257,36 @@ mod tests {
             .await;
         assert_eq!(r.unwrap_err().0.kind, ErrorKind::RetriesExhausted);
     }
+
+    /// A reporter that panics: the job's task dies without acknowledging it.
+    struct PanickingReporter;
+
+    impl crate::pipeline::Reporter for PanickingReporter {
+        fn result<'a>(&'a self, _: &'a crate::job::JobResult) -> crate::pipeline::store::BoxFuture<'a, Result<(), crate::pipeline::report::ReportError>> {
+            Box::pin(async { panic!("reporter bug") })
+        }
+        fn dead_letter<'a>(&'a self, _: &'a crate::pipeline::DeadLetter) -> crate::pipeline::store::BoxFuture<'a, Result<(), crate::pipeline::report::ReportError>> {
+            Box::pin(async { panic!("reporter bug") })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_stops_the_pipeline_instead_of_freezing_its_ack() {
+        let dir = tempfile::tempdir().unwrap();
+        let (worker, _device) = DeviceWorker::fake(4);
+        let store = Arc::new(crate::pipeline::LocalStore::flat(dir.path()));
+        let p = Pipeline::new(PipelineSettings::default(), &[worker], store.clone(), store, Arc::new(PanickingReporter), None)
+            .unwrap();
+        let acked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = acked.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let ack: crate::pipeline::Ack = Box::new(move || flag.store(true, Ordering::SeqCst));
+        tx.send(crate::pipeline::Envelope::new(b"{not json".to_vec(), None, Some(ack))).await.unwrap();
+        drop(tx);
+        let r = p.run(rx, tokio_util::sync::CancellationToken::new()).await;
+        let e = r.expect_err("a panicking job must stop the pipeline");
+        assert_eq!(e.kind, ErrorKind::Internal);
+        assert!(e.message.contains("reporter bug"), "{e}");
+        assert!(!acked.load(Ordering::SeqCst), "a job whose task panicked must not be acknowledged");
+    }
 }
