@@ -416,8 +416,9 @@ impl Pipeline {
                 return Ok((vec![], output.bits_per_dim.clone(), Some(reason)));
             }
         }
-        let encoded = self.encode(job, &output, timings).await?;
-        let keys = self.write(job, info, encoded, &output.bits_per_dim, timings).await?;
+        let names = job.output_names();
+        let encoded = self.encode(job, &names, &output, timings).await?;
+        let keys = self.write(job, info, &names, encoded, &output.bits_per_dim, timings).await?;
         Ok((keys, output.bits_per_dim, None))
     }
 
@@ -459,15 +460,15 @@ impl Pipeline {
         Ok((images, bytes_permit))
     }
 
-    /// Encodes the device's answer into the job's output files, one per output name, off the runtime's threads.
+    /// Encodes the device's answer into the job's output files, one per name in `names`, off the runtime's threads.
     async fn encode(
         &self,
         job: &Job,
+        names: &[String],
         output: &DeviceOutput,
         timings: &mut Timings,
     ) -> Result<Vec<(Vec<u8>, MediaType)>, (StageError, u32)> {
         let t = Instant::now();
-        let names = job.output_names();
         let encoded = {
             let job = job.clone();
             let output = output.clone();
@@ -489,6 +490,7 @@ impl Pipeline {
         &self,
         job: &Job,
         info: &ModelInfo,
+        names: &[String],
         encoded: Vec<(Vec<u8>, MediaType)>,
         bits_per_dim: &[f64],
         timings: &mut Timings,
@@ -496,7 +498,7 @@ impl Pipeline {
         let t = Instant::now();
         let prefix = job::output_prefix(&self.settings.output.prefix, job);
         let bucket = self.settings.output.bucket.as_str();
-        let writes = job.output_names().into_iter().zip(encoded).map(|(name, (bytes, media))| {
+        let writes = names.iter().zip(encoded).map(|(name, (bytes, media))| {
             let key = format!("{prefix}{name}");
             async move {
                 let stored = self.retrying(|| self.put(bucket, &key, bytes.clone(), media)).await?;

@@ -197,14 +197,22 @@ mod tests {
     use super::*;
     use crate::worker::DeviceWorker;
 
-    /// A pipeline with a 200-ms retry budget and 10-ms backoffs, over local folders.
+    /// A pipeline with a 200-ms retry budget and 10-ms backoffs, over local folders, reporting to JSON-lines files.
     fn pipeline(dir: &std::path::Path) -> (Arc<Pipeline>, tokio::sync::mpsc::Receiver<crate::worker::Batch>) {
+        let reporter =
+            Arc::new(crate::pipeline::JsonlReporter::create(&dir.join("r.jsonl"), &dir.join("d.jsonl")).unwrap());
+        pipeline_reporting_to(dir, reporter)
+    }
+
+    /// The same pipeline with another reporter.
+    fn pipeline_reporting_to(
+        dir: &std::path::Path,
+        reporter: Arc<dyn crate::pipeline::Reporter>,
+    ) -> (Arc<Pipeline>, tokio::sync::mpsc::Receiver<crate::worker::Batch>) {
         let mut settings = PipelineSettings::default();
         settings.retry = crate::settings::RetrySettings { initial_backoff_ms: 10, max_backoff_ms: 10, max_elapsed_seconds: 0.2 };
         let (worker, device) = DeviceWorker::fake(4);
         let store = Arc::new(crate::pipeline::LocalStore::flat(dir));
-        let reporter =
-            Arc::new(crate::pipeline::JsonlReporter::create(&dir.join("r.jsonl"), &dir.join("d.jsonl")).unwrap());
         (Pipeline::new(settings, &[worker], store.clone(), store, reporter, None).unwrap(), device)
     }
 
@@ -273,10 +281,7 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_job_stops_the_pipeline_instead_of_freezing_its_ack() {
         let dir = tempfile::tempdir().unwrap();
-        let (worker, _device) = DeviceWorker::fake(4);
-        let store = Arc::new(crate::pipeline::LocalStore::flat(dir.path()));
-        let p = Pipeline::new(PipelineSettings::default(), &[worker], store.clone(), store, Arc::new(PanickingReporter), None)
-            .unwrap();
+        let (p, _device) = pipeline_reporting_to(dir.path(), Arc::new(PanickingReporter));
         let acked = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = acked.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(1);
