@@ -28,6 +28,7 @@ pub mod job;
 pub mod kafka;
 pub mod model;
 pub mod pipeline;
+pub mod precision;
 pub mod s3;
 pub mod settings;
 pub mod tools;

@@ -1,7 +1,7 @@
 //! What the commands share: device and thread flags, the crop/resize flags, loading image files.
 use crate::codec::image::{self as imageio, Fit, Pixels};
 use crate::model::device::parse_device;
-use crate::model::GlowConfig;
+use crate::model::{Glow, GlowConfig, Precision};
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -15,6 +15,14 @@ pub struct Runtime {
     /// CPU threads for torch (0: torch's default)
     #[arg(long, default_value_t = 0, global = true)]
     pub(crate) threads: i32,
+    /// fp32, or bf16: coupling networks in bfloat16 (AMX CPUs, GPUs), the invertible parts in float32/float64
+    #[arg(long, default_value = "fp32", global = true)]
+    pub(crate) precision: Precision,
+}
+
+/// Loads a model folder for inference at the runtime's precision.
+pub(crate) fn load_model(dir: &Path, device: Device, runtime: &Runtime) -> Result<Glow> {
+    Ok(Glow::load(dir, device)?.with_precision(runtime.precision))
 }
 
 #[derive(Args, Clone)]

@@ -1,10 +1,9 @@
 //! The latent-editing commands: `directions`, `edit`, `interpolate`, `resample`, `sheet`.
-use super::common::{load_images, per_level, setup, FitArgs, Runtime};
+use super::common::{load_images, load_model, per_level, setup, FitArgs, Runtime};
 use crate::data::attributes;
 use crate::codec::image::{self as imageio, Pixels};
 use crate::model::batch::{pixels_to_tensor, tensor_to_pixels};
 use crate::model::directions::{self, DirectionAccumulator, Directions, Provenance};
-use crate::model::Glow;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -42,7 +41,7 @@ pub struct DirectionsArgs {
 
 pub fn directions(args: DirectionsArgs) -> Result<usize> {
     let device = setup(&args.runtime)?;
-    let glow = Glow::load(&args.model, device)?;
+    let glow = load_model(&args.model, device, &args.runtime)?;
     let labels = attributes::read_labels(&args.labels)?;
     let wanted: Vec<String> = if args.attributes.is_empty() { labels.names.clone() } else { args.attributes.clone() };
     let columns: Vec<usize> = wanted
@@ -165,7 +164,7 @@ pub struct EditArgs {
 
 pub fn edit(args: EditArgs) -> Result<usize> {
     let device = setup(&args.runtime)?;
-    let glow = Glow::load(&args.model, device)?;
+    let glow = load_model(&args.model, device, &args.runtime)?;
     let dirs = Directions::load(&args.model, &glow.config)?;
     let edits = parse_edits(&args.attrs, dirs.as_ref(), args.max_strength)?;
     std::fs::create_dir_all(&args.out)?;
@@ -253,7 +252,7 @@ pub struct InterpolateArgs {
 
 pub fn interpolate(args: InterpolateArgs) -> Result<usize> {
     let device = setup(&args.picture.runtime)?;
-    let glow = Glow::load(&args.model, device)?;
+    let glow = load_model(&args.model, device, &args.picture.runtime)?;
     if args.frames < 2 {
         bail!("--frames must be at least 2");
     }
@@ -306,7 +305,7 @@ pub struct ResampleArgs {
 
 pub fn resample(args: ResampleArgs) -> Result<usize> {
     let device = setup(&args.picture.runtime)?;
-    let glow = Glow::load(&args.model, device)?;
+    let glow = load_model(&args.model, device, &args.picture.runtime)?;
     let levels = glow.config.levels as usize;
     if args.keep_levels == 0 || args.keep_levels > levels {
         bail!("--keep-levels must be in 1..={levels}");
@@ -352,7 +351,7 @@ pub struct SheetArgs {
 
 pub fn sheet(args: SheetArgs) -> Result<usize> {
     let device = setup(&args.picture.runtime)?;
-    let glow = Glow::load(&args.model, device)?;
+    let glow = load_model(&args.model, device, &args.picture.runtime)?;
     let dirs = Directions::load(&args.model, &glow.config)?;
     let specs: Vec<String> = args.strengths.iter().map(|s| format!("{}={s}", args.attr)).collect();
     let edits = parse_edits(&specs, dirs.as_ref(), args.max_strength)?;

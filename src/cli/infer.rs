@@ -2,7 +2,6 @@
 use crate::codec::image::{self as imageio, Pixels};
 use crate::model::batch::{pixels_to_tensor, tensor_to_pixels};
 use crate::model::latents_file::{read_latents, write_latents};
-use crate::model::Glow;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -29,7 +28,7 @@ pub struct EncodeArgs {
 pub fn encode(args: EncodeArgs) -> Result<usize> {
     let EncodeArgs { model, images, out, batch, fit, runtime } = args;
     let device = setup(&runtime)?;
-    let glow = Glow::load(&model, device)?;
+    let glow = load_model(&model, device, &runtime)?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let (loaded, mut failed) = load_images(&images, &glow.config, fit.fit(), usize::MAX);
     for chunk in loaded.chunks(batch.max(1)) {
@@ -39,7 +38,7 @@ pub fn encode(args: EncodeArgs) -> Result<usize> {
         for (i, (path, _)) in chunk.iter().enumerate() {
             let target = out.join(format!("{}.safetensors", stem(path)));
             let one = latents.select(i as i64);
-            match write_latents(&target, &one.z, bpd[i]) {
+            match write_latents(&target, &one.z, bpd[i], glow.precision()) {
                 Ok(()) => println!(
                     "{}",
                     serde_json::json!({
@@ -75,7 +74,7 @@ pub struct DecodeArgs {
 pub fn decode(args: DecodeArgs) -> Result<usize> {
     let DecodeArgs { model, latents, out, runtime } = args;
     let device = setup(&runtime)?;
-    let glow = Glow::load(&model, device)?;
+    let glow = load_model(&model, device, &runtime)?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let mut failed = 0;
     for path in &latents {
@@ -126,7 +125,7 @@ pub struct SampleArgs {
 pub fn sample(args: SampleArgs) -> Result<usize> {
     let SampleArgs { model, n, temperature, seed, cols, scale, out, runtime } = args;
     let device = setup(&runtime)?;
-    let glow = Glow::load(&model, device)?;
+    let glow = load_model(&model, device, &runtime)?;
     let temps = per_level(&temperature, glow.config.levels as usize)?;
     let pixels = glow.sample(n, &temps, seed)?;
     let cols = cols.unwrap_or_else(|| (n as f64).sqrt().ceil() as usize);
@@ -169,7 +168,7 @@ pub struct EvalArgs {
 pub fn eval(args: EvalArgs) -> Result<usize> {
     let EvalArgs { model, data, format, split, val_fraction, max_images, summary, batch, fit, runtime } = args;
     let device = setup(&runtime)?;
-    let glow = Glow::load(&model, device)?;
+    let glow = load_model(&model, device, &runtime)?;
     let (channels, size) = (glow.config.channels as u8, glow.config.image_size as u32);
     let target = crate::data::Target { channels, size, fit: fit.fit() };
     let dataset = crate::data::load(&data, format, target, max_images.unwrap_or(usize::MAX))?;

@@ -122,6 +122,7 @@ pub fn train(args: TrainArgs) -> Result<usize> {
         seed: args.seed,
         checkpoint_grads: args.checkpoint_grads,
         val_limit: args.val_limit,
+        precision: args.runtime.precision,
     };
     let mut trainer = crate::train::Trainer::new(glow, &train_set, &val_set, opts, &args.out, args.resume)?;
     trainer.data_name = args.data.display().to_string();

@@ -1,5 +1,6 @@
 //! The latent file: one image's latents as a safetensors file, `z.0` … `z.{L-1}` (finest level first, F32, shapes
-//! `(c, h, w)` without a batch dimension) and flat metadata `{"bits_per_dim": "...", "format": "glowd-latents-v1"}`.
+//! `(c, h, w)` without a batch dimension) and flat metadata `{"bits_per_dim": "...", "format": "glowd-latents-v1",
+//! "precision": "fp32"|"bf16"}` (the precision of the coupling networks that computed them: decode at the same one).
 //! `glowd encode` and the pipeline write exactly these bytes, and `glowd decode` reads them. Files written by
 //! glowd before the formats were unified nested the metadata as JSON under one `glowd` key; they still load.
 //!
@@ -28,9 +29,12 @@ pub enum LatentsError {
 }
 
 /// The file's bytes.
-pub fn to_bytes(latents: &LatentData, bits_per_dim: f64) -> Result<Vec<u8>, LatentsError> {
+pub fn to_bytes(latents: &LatentData, bits_per_dim: f64, precision: &str) -> Result<Vec<u8>, LatentsError> {
     let mut header = Map::new();
-    header.insert("__metadata__".into(), json!({"bits_per_dim": format!("{bits_per_dim}"), "format": LATENTS_FORMAT}));
+    header.insert(
+        "__metadata__".into(),
+        json!({"bits_per_dim": format!("{bits_per_dim}"), "format": LATENTS_FORMAT, "precision": precision}),
+    );
     let mut data = Vec::new();
     for (level, (shape, values)) in latents.levels.iter().enumerate() {
         if shape.iter().product::<usize>() != values.len() {
@@ -99,18 +103,19 @@ mod tests {
 
     #[test]
     fn latents_are_valid_safetensors_and_stable() {
-        let a = to_bytes(&sample(), 3.25).unwrap();
-        assert_eq!(a, to_bytes(&sample(), 3.25).unwrap());
+        let a = to_bytes(&sample(), 3.25, "fp32").unwrap();
+        assert_eq!(a, to_bytes(&sample(), 3.25, "fp32").unwrap());
         let st = safetensors::SafeTensors::deserialize(&a).unwrap();
         assert_eq!(st.tensor("z.0").unwrap().shape(), &[2, 1, 1]);
         assert_eq!(st.tensor("z.1").unwrap().data().len(), 16);
         let (_, meta) = safetensors::SafeTensors::read_metadata(&a).unwrap();
         assert_eq!(meta.metadata().as_ref().unwrap()["format"], LATENTS_FORMAT);
+        assert_eq!(meta.metadata().as_ref().unwrap()["precision"], "fp32");
     }
 
     #[test]
     fn what_is_written_reads_back() {
-        let (back, bpd) = from_bytes(&to_bytes(&sample(), 3.25).unwrap()).unwrap();
+        let (back, bpd) = from_bytes(&to_bytes(&sample(), 3.25, "fp32").unwrap()).unwrap();
         assert_eq!(back, sample());
         assert_eq!(bpd, Some(3.25));
     }
@@ -146,6 +151,6 @@ mod tests {
     fn a_foreign_file_is_refused_with_the_reason() {
         assert!(matches!(from_bytes(b"not a file"), Err(LatentsError::NotSafetensors(_))));
         let bad = LatentData { levels: vec![([2, 2, 2], vec![0.0; 3])] };
-        assert!(matches!(to_bytes(&bad, 1.0), Err(LatentsError::ShapeValues { level: 0, .. })));
+        assert!(matches!(to_bytes(&bad, 1.0, "fp32"), Err(LatentsError::ShapeValues { level: 0, .. })));
     }
 }

@@ -93,6 +93,7 @@ pub fn start_workers(settings: &PipelineSettings, specs: &[ModelSpec]) -> Result
                     device: d.clone(),
                     threads: settings.batching.threads,
                     max_batch: settings.batching.max_batch,
+                    precision: settings.batching.precision,
                 },
                 specs.to_vec(),
             )

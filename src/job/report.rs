@@ -121,6 +121,9 @@ pub struct JobResult {
     /// Marks on a finished job: `over_likelihood_gate` when the gate flags rather than skips.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<String>,
+    /// The precision a finished job's outputs were computed at (see `[batching] precision`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<crate::precision::Precision>,
 }
 
 impl JobResult {
@@ -140,6 +143,7 @@ impl JobResult {
             error: None,
             skip_reason: None,
             flags: vec![],
+            precision: None,
         }
     }
 
@@ -159,6 +163,7 @@ impl JobResult {
             error: Some(error.into()),
             skip_reason: None,
             flags: vec![],
+            precision: None,
         }
     }
 }
@@ -203,6 +208,9 @@ pub struct ModelProvenance {
     /// Fingerprint of the weights file (`model::directions::model_fingerprint`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// What the coupling networks computed in (absent in manifests written before precision was recorded: fp32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<crate::precision::Precision>,
 }
 
 /// Written last beside a job's outputs: its presence means every listed output is complete. No timestamps or

@@ -4,6 +4,7 @@ use super::error::{ModelError, Result};
 use super::flow_step::{FlowStep, FoldedStep};
 use super::zero_conv::{FoldedConv, ZeroConv};
 use super::conv::Layout;
+use super::precision::Precision;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -73,6 +74,7 @@ pub struct Glow {
     pub vs: nn::VarStore,
     pub levels: Vec<Level>,
     folded: Option<Folded>,
+    precision: Precision,
 }
 
 pub fn squeeze(x: &Tensor) -> Tensor {
@@ -105,10 +107,12 @@ enum PriorRef<'a> {
 }
 
 impl PriorRef<'_> {
+    /// Mean and log-sd in float32 (the priors score and draw latents; they take no part in inverting the flow).
     fn mean_log_sd(&self, input: &Tensor) -> (Tensor, Tensor) {
+        let input = if input.kind() == Kind::Float { input.shallow_clone() } else { input.to_kind(Kind::Float) };
         let out = match self {
-            PriorRef::Train(p) => p.forward(input),
-            PriorRef::Folded(p) => p.forward(input),
+            PriorRef::Train(p) => p.forward(&input),
+            PriorRef::Folded(p) => p.forward(&input),
         };
         let parts = out.chunk(2, 1);
         (parts[0].shallow_clone(), parts[1].shallow_clone())
@@ -137,11 +141,35 @@ impl Glow {
             let prior = ZeroConv::new(&lp / "prior", prior_in, prior_in * 2, config.zero_conv_padding);
             levels.push(Level { steps, prior, last });
         }
-        Ok(Glow { config, vs, levels, folded: None })
+        Ok(Glow { config, vs, levels, folded: None, precision: Precision::Fp32 })
     }
 
     pub fn device(&self) -> Device {
         self.vs.device()
+    }
+
+    /// What the coupling networks compute in (float32 unless [`Glow::set_precision`] said otherwise).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Sets the coupling networks' precision for training and inference; a prepared inference form is rebuilt.
+    pub fn set_precision(&mut self, precision: Precision) {
+        for level in &mut self.levels {
+            for step in &mut level.steps {
+                step.coupling.compute = precision;
+            }
+        }
+        self.precision = precision;
+        if let Some(layout) = self.folded.as_ref().map(|f| f.layout) {
+            self.prepare_inference_with(layout);
+        }
+    }
+
+    /// [`Glow::set_precision`], by value.
+    pub fn with_precision(mut self, precision: Precision) -> Glow {
+        self.set_precision(precision);
+        self
     }
 
     pub fn actnorm_initialized(&self) -> bool {
@@ -265,6 +293,7 @@ impl Glow {
     pub fn encode_input(&self, x: &Tensor) -> Latents {
         let Some(folded) = &self.folded else { return tch::no_grad(|| self.forward_flow(x, false)) };
         tch::no_grad(|| {
+            let x = x.to_kind(self.state_kind());
             let n = x.size()[0];
             let mut logdet = Tensor::zeros([n], (Kind::Float, x.device()));
             let mut log_p_z = Tensor::zeros([n], (Kind::Float, x.device()));
@@ -284,6 +313,11 @@ impl Glow {
             }
             Latents { z: z_out, log_p_z, logdet }
         })
+    }
+
+    /// The kind of the flow's state and latents at inference (see [`flow_step::state_kind`]).
+    pub fn state_kind(&self) -> Kind {
+        if self.folded.is_some() { super::flow_step::state_kind(self.precision) } else { Kind::Float }
     }
 
     fn check_latents(&self, z: &[Option<Tensor>], n: i64) -> Result<()> {
@@ -323,6 +357,7 @@ impl Glow {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let shapes = self.config.latent_shapes();
         let folded = self.folded.as_ref();
+        let state = self.state_kind();
         let no_grad = tch::no_grad_guard();
         let mut h: Option<Tensor> = None;
         for i in (0..self.levels.len()).rev() {
@@ -332,7 +367,7 @@ impl Glow {
                 None => PriorRef::Train(&level.prior),
             };
             let (c, hh, ww) = shapes[i];
-            let given = z[i].as_ref().map(|t| t.to_device(device).to_kind(Kind::Float));
+            let given = z[i].as_ref().map(|t| t.to_device(device).to_kind(state));
             let stay = h.take();
             let prior_input = match &stay {
                 Some(s) => s.shallow_clone(),
@@ -343,7 +378,7 @@ impl Glow {
                 None => {
                     let (mean, log_sd) = prior.mean_log_sd(&prior_input);
                     let eps = seeded_normal(&mut rng, &[n, c, hh, ww], device);
-                    mean + log_sd.exp() * eps * temperatures[i]
+                    (mean + log_sd.exp() * eps * temperatures[i]).to_kind(state)
                 }
             };
             let mut x = match stay {

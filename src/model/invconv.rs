@@ -76,6 +76,20 @@ impl InvConv {
         }
     }
 
+    /// W computed in float64 from the parameters: the exact inverse of [`InvConv::inverse_f64`] up to float64
+    /// rounding, which the float64 state of bf16 inference needs ([`InvConv::weight`] rounds the product to float32).
+    pub fn weight_f64(&self) -> Tensor {
+        tch::no_grad(|| match self {
+            InvConv::Full { weight } => weight.to_kind(Kind::Double),
+            InvConv::Lu { perm, lower, upper, log_abs_s, sign_s, lower_mask, upper_mask, eye } => {
+                let d = |t: &Tensor| t.to_kind(Kind::Double);
+                let l = d(lower) * d(lower_mask) + d(eye);
+                let u = d(upper) * d(upper_mask) + (d(sign_s) * d(log_abs_s).exp()).diag(0);
+                d(perm).matmul(&l).matmul(&u)
+            }
+        })
+    }
+
     /// W⁻¹ computed in float64 (float32 inversion drifts on deep models), returned in float64.
     pub fn inverse_f64(&self) -> Tensor {
         tch::no_grad(|| match self {

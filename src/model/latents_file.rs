@@ -23,8 +23,8 @@ pub fn latent_data(z: &[Tensor]) -> LatentData {
 }
 
 /// Writes level tensors of one image (each `(c, h, w)`, or `(1, c, h, w)`).
-pub fn write_latents(path: &Path, z: &[Tensor], bits_per_dim: f64) -> Result<()> {
-    let bytes = to_bytes(&latent_data(z), bits_per_dim).map_err(|e| ModelError::file(path, e))?;
+pub fn write_latents(path: &Path, z: &[Tensor], bits_per_dim: f64, precision: super::Precision) -> Result<()> {
+    let bytes = to_bytes(&latent_data(z), bits_per_dim, precision.as_str()).map_err(|e| ModelError::file(path, e))?;
     std::fs::write(path, bytes).map_err(|e| ModelError::file(path, e))
 }
 

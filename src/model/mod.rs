@@ -13,6 +13,7 @@ pub mod glow;
 pub mod import;
 pub mod invconv;
 pub mod latents_file;
+pub mod precision;
 pub mod weights;
 pub mod zero_conv;
 
@@ -21,3 +22,4 @@ pub use conv::Layout;
 pub use crate::disposition::Disposition;
 pub use error::ModelError;
 pub use glow::{Glow, Latents};
+pub use precision::Precision;

@@ -3,7 +3,7 @@
 use super::conv::ExactConv;
 use super::config::ZeroConvPadding;
 use super::conv::Layout;
-use tch::{nn, Tensor};
+use tch::{nn, Kind, Tensor};
 
 pub struct ZeroConv {
     pub weight: Tensor,
@@ -24,29 +24,35 @@ impl ZeroConv {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let out = match self.padding {
-            ZeroConvPadding::Zeros => x.conv(&self.weight, Some(&self.bias), 1),
-            ZeroConvPadding::Ones => {
-                let padded = x.constant_pad_nd([1, 1, 1, 1]) ;
-                // constant_pad_nd pads with zeros; shift the border to ones.
-                let border = Tensor::ones_like(x).constant_pad_nd([1, 1, 1, 1]).neg() + 1.0;
-                (padded + border).conv(&self.weight, Some(&self.bias), 0)
-            }
-        };
-        out * (&self.logscale * 3.0).exp()
+        conv_padded(x, &self.weight, &self.bias, self.padding) * (&self.logscale * 3.0).exp()
+    }
+
+    /// [`ZeroConv::forward`] with the convolution computed in `kind` (a bf16 `x`, weights cast on the way: the
+    /// float32 master weights get the gradients) and its output scaled in float32.
+    pub fn forward_in(&self, x: &Tensor, kind: Kind) -> Tensor {
+        if kind == Kind::Float {
+            return self.forward(x);
+        }
+        let out = conv_padded(x, &self.weight.to_kind(kind), &self.bias.to_kind(kind), self.padding);
+        out.to_kind(Kind::Float) * (&self.logscale * 3.0).exp()
     }
 
     /// The same map with `exp(3·logscale)` folded into the weights: one pass instead of three at inference.
     pub fn folded(&self, layout: Layout) -> FoldedConv {
+        self.folded_in(layout, Kind::Float)
+    }
+
+    /// [`ZeroConv::folded`] computing in `kind`: the scale is folded in float32, then the weights are cast.
+    pub fn folded_in(&self, layout: Layout, kind: Kind) -> FoldedConv {
         tch::no_grad(|| {
             let s = (&self.logscale * 3.0).exp().view([-1]);
-            let weight = layout.apply(&(&self.weight * s.view([-1, 1, 1, 1])));
-            let bias = &self.bias * &s;
+            let weight = layout.apply(&(&self.weight * s.view([-1, 1, 1, 1])).to_kind(kind));
+            let bias = (&self.bias * &s).to_kind(kind);
             let border = match self.padding {
                 ZeroConvPadding::Zeros => None,
                 ZeroConvPadding::Ones => Some(weight.shallow_clone()),
             };
-            FoldedConv { weight, bias, ones_border_weight: border }
+            FoldedConv { weight, bias, ones_border_weight: border, kind }
         })
     }
 }
@@ -56,17 +62,34 @@ pub struct FoldedConv {
     pub weight: Tensor,
     pub bias: Tensor,
     ones_border_weight: Option<Tensor>,
+    /// What the weights are stored and computed in; the output is always float32.
+    kind: Kind,
+}
+
+/// A 3x3 convolution with the zero conv's padding rule.
+fn conv_padded(x: &Tensor, weight: &Tensor, bias: &Tensor, padding: ZeroConvPadding) -> Tensor {
+    match padding {
+        ZeroConvPadding::Zeros => x.conv(weight, Some(bias), 1),
+        ZeroConvPadding::Ones => {
+            let padded = x.constant_pad_nd([1, 1, 1, 1]);
+            // constant_pad_nd pads with zeros; shift the border to ones.
+            let border = Tensor::ones_like(x).constant_pad_nd([1, 1, 1, 1]).neg() + 1.0;
+            (padded + border).conv(weight, Some(bias), 0)
+        }
+    }
 }
 
 impl FoldedConv {
+    /// `x` in the conv's own kind (the caller casts once for the whole network); the output in float32.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        match &self.ones_border_weight {
+        let out = match &self.ones_border_weight {
             None => x.conv(&self.weight, Some(&self.bias), 1),
             Some(w) => {
                 let padded = x.constant_pad_nd([1, 1, 1, 1]);
                 let border = Tensor::ones_like(x).constant_pad_nd([1, 1, 1, 1]).neg() + 1.0;
                 (padded + border).conv(w, Some(&self.bias), 0)
             }
-        }
+        };
+        if self.kind == Kind::Float { out } else { out.to_kind(Kind::Float) }
     }
 }

@@ -297,6 +297,7 @@ impl Pipeline {
                 let over = self.settings.gate.over(&bits_per_dim);
                 let mut record = JobResult::done(&job, outputs, bits_per_dim, timings);
                 record.source = source.cloned();
+                record.precision = Some(self.settings.batching.precision);
                 let outcome = if let Some(reason) = skipped {
                     tracing::info!(parent: &span, %reason, "skipped");
                     record.status = JobStatus::Skipped;
@@ -372,6 +373,7 @@ impl Pipeline {
             error: Some(failure),
             skip_reason: None,
             flags: vec![],
+            precision: None,
         };
         // The dead letter first: the job counts as handled once it is durable there.
         let reported = async {
@@ -472,7 +474,8 @@ impl Pipeline {
         let encoded = {
             let job = job.clone();
             let output = output.clone();
-            tokio::task::spawn_blocking(move || encode_outputs(&job, &output))
+            let precision = self.settings.batching.precision;
+            tokio::task::spawn_blocking(move || encode_outputs(&job, &output, precision))
                 .await
                 .map_err(|e| (StageError::retry(ErrorKind::EncodePanic, Stage::Encode, e.to_string()), 1))?
                 .map_err(|e| (e, 1))?
@@ -513,6 +516,7 @@ impl Pipeline {
                 name: info.name.clone(),
                 version: info.version.clone(),
                 fingerprint: Some(info.fingerprint.clone()),
+                precision: Some(self.settings.batching.precision),
             },
             outputs: entries,
             bits_per_dim: bits_per_dim.to_vec(),

@@ -116,7 +116,11 @@ pub(super) fn prepare(job: &Job, info: &ModelInfo) -> Result<Prepared, StageErro
 }
 
 /// The job's output files, in [`Job::output_names`] order.
-pub(super) fn encode_outputs(job: &Job, out: &DeviceOutput) -> Result<Vec<(Vec<u8>, MediaType)>, StageError> {
+pub(super) fn encode_outputs(
+    job: &Job,
+    out: &DeviceOutput,
+    precision: crate::precision::Precision,
+) -> Result<Vec<(Vec<u8>, MediaType)>, StageError> {
     let fail = |m: String| StageError::fatal(ErrorKind::Internal, Stage::Encode, m);
     let images = |format: job::ImageFormat| -> Result<Vec<(Vec<u8>, MediaType)>, StageError> {
         out.images
@@ -127,7 +131,7 @@ pub(super) fn encode_outputs(job: &Job, out: &DeviceOutput) -> Result<Vec<(Vec<u
     let latents = || -> Result<(Vec<u8>, MediaType), StageError> {
         let l = out.latents.as_ref().ok_or_else(|| fail("the device returned no latents".into()))?;
         let bpd = out.bits_per_dim.first().copied().unwrap_or(f64::NAN);
-        crate::codec::latents::to_bytes(l, bpd).map(|b| (b, MediaType::OctetStream)).map_err(|e| fail(e.to_string()))
+        crate::codec::latents::to_bytes(l, bpd, precision.as_str()).map(|b| (b, MediaType::OctetStream)).map_err(|e| fail(e.to_string()))
     };
     Ok(match &job.spec {
         JobSpec::Edit(j) => {

@@ -80,11 +80,14 @@ pub struct BatchSettings {
     pub devices: Vec<String>,
     /// Torch CPU threads (0: torch's default).
     pub threads: i32,
+    /// `fp32`, or `bf16`: the coupling networks in bfloat16 (AMX CPUs, GPUs), the invertible parts in float32/64.
+    /// Recorded in every manifest, result record and latents file.
+    pub precision: crate::precision::Precision,
 }
 
 impl Default for BatchSettings {
     fn default() -> Self {
-        BatchSettings { max_batch: 16, devices: vec!["cpu".into()], threads: 0 }
+        BatchSettings { max_batch: 16, devices: vec!["cpu".into()], threads: 0, precision: Default::default() }
     }
 }
 

@@ -64,6 +64,10 @@ pub struct TrainOptions {
     pub checkpoint_grads: bool,
     /// Validation images scored at each evaluation (the first N of the validation set).
     pub val_limit: usize,
+    /// What the coupling networks compute in; the master weights, Adam's state, the loss and the log-determinants
+    /// stay float32 whatever this is (a checkpoint resumes at either precision).
+    #[serde(default)]
+    pub precision: crate::precision::Precision,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -135,6 +139,7 @@ impl<'a> Trainer<'a> {
     ) -> Result<Trainer<'a>, TrainError> {
         std::fs::create_dir_all(out).map_err(|e| file_err(out, e))?;
         glow.invalidate_inference_cache();
+        glow.set_precision(opts.precision);
         let mut state = None;
         if resume {
             let dir = checkpoint_dir(out).ok_or_else(|| TrainError::Resume(format!("no checkpoint in {}", out.display())))?;
@@ -286,6 +291,7 @@ impl<'a> Trainer<'a> {
             }
         });
         glow.prepare_inference();
+        glow.set_precision(self.opts.precision);
         Ok(glow)
     }
 

@@ -18,7 +18,12 @@ pub(super) struct LoadedModel {
     pub(super) info: ModelInfo,
 }
 
-pub(super) fn load_models(device: &str, specs: &[ModelSpec], max_batch: usize) -> Result<(Device, Vec<LoadedModel>), DeviceError> {
+pub(super) fn load_models(
+    device: &str,
+    specs: &[ModelSpec],
+    max_batch: usize,
+    precision: crate::precision::Precision,
+) -> Result<(Device, Vec<LoadedModel>), DeviceError> {
     let device = parse_device(device).map_err(|e| DeviceError::Load {
         name: "-".into(),
         version: "-".into(),
@@ -33,7 +38,7 @@ pub(super) fn load_models(device: &str, specs: &[ModelSpec], max_batch: usize) -
             path: spec.path.display().to_string(),
             message: m,
         };
-        let glow = Glow::load(&spec.path, device).map_err(|e| fail(e.to_string()))?;
+        let glow = Glow::load(&spec.path, device).map_err(|e| fail(e.to_string()))?.with_precision(precision);
         let directions = Directions::load(&spec.path, &glow.config).map_err(|e| fail(e.to_string()))?;
         let fingerprint = model_fingerprint(&spec.path).map_err(|e| fail(e.to_string()))?;
         let c = &glow.config;

@@ -51,7 +51,7 @@ impl DeviceWorker {
                 if config.threads > 0 {
                     tch::set_num_threads(config.threads);
                 }
-                let loaded = catch_unwind(AssertUnwindSafe(|| load_models(&config.device, &specs, max_batch)))
+                let loaded = catch_unwind(AssertUnwindSafe(|| load_models(&config.device, &specs, max_batch, config.precision)))
                     .unwrap_or_else(|p| {
                         Err(DeviceError::Load {
                             name: "?".into(),

@@ -153,4 +153,6 @@ pub struct WorkerConfig {
     pub threads: i32,
     /// Largest number of images in one forward pass; the warm-up runs at this size.
     pub max_batch: usize,
+    /// What the coupling networks compute in.
+    pub precision: crate::precision::Precision,
 }
