@@ -28,10 +28,12 @@ fn time<F: FnMut()>(device: Device, iters: usize, mut f: F) -> f64 {
 
 /// GFLOP/s of a large 3x3 convolution (256→256 channels on 32x32, batch 8): what this device does at its best on
 /// the kind of work Glow is made of.
-pub fn conv_peak_gflops(device: Device, iters: usize) -> f64 {
+pub fn conv_peak_gflops(device: Device, iters: usize, kind: Kind) -> f64 {
     let _g = tch::no_grad_guard();
-    let x = Tensor::randn([8, 256, 32, 32], (Kind::Float, device));
-    let w = Tensor::randn([256, 256, 3, 3], (Kind::Float, device));
+    // Channels-last on the CPU: the layout glowd's inference runs in, and the one oneDNN's AMX kernels take.
+    let layout = crate::model::Layout::default_for(device);
+    let x = layout.apply(&Tensor::randn([8, 256, 32, 32], (Kind::Float, device)).to_kind(kind));
+    let w = layout.apply(&Tensor::randn([256, 256, 3, 3], (Kind::Float, device)).to_kind(kind));
     let secs = time(device, iters, || {
         let _ = x.conv2d(&w, None::<Tensor>, 1, 1, 1, 1);
     });
@@ -39,12 +41,19 @@ pub fn conv_peak_gflops(device: Device, iters: usize) -> f64 {
     flops / secs / 1e9
 }
 
-pub fn run(config: &GlowConfig, device: Device, batch: i64, iters: usize) -> crate::model::error::Result<()> {
+pub fn run(
+    config: &GlowConfig,
+    device: Device,
+    batch: i64,
+    iters: usize,
+    precision: crate::model::Precision,
+) -> crate::model::error::Result<()> {
     let mut glow = Glow::new(config.clone(), device, 0)?;
     let s = config.image_size;
     let pixels = Tensor::randint(256, [batch, config.channels, s, s], (Kind::Uint8, Device::Cpu));
     glow.initialize_actnorm(&pixels)?;
     glow.prepare_inference();
+    glow.set_precision(precision);
     let latents = glow.encode(&pixels)?;
     let enc = time(device, iters, || {
         let _ = glow.encode(&pixels).expect("encode");
@@ -53,9 +62,13 @@ pub fn run(config: &GlowConfig, device: Device, batch: i64, iters: usize) -> cra
         let _ = glow.decode(&latents.z).expect("decode");
     });
     let flops = 2.0 * config.macs_per_image() * batch as f64;
-    let peak = conv_peak_gflops(device, iters);
+    let kind = match precision {
+        crate::model::Precision::Fp32 => Kind::Float,
+        crate::model::Precision::Bf16 => Kind::BFloat16,
+    };
+    let peak = conv_peak_gflops(device, iters, kind);
     println!(
-        "model {}x{}x{} L={} K={} hidden={} {:?} lu={} batch {batch} ({} parameters)",
+        "model {}x{}x{} L={} K={} hidden={} {:?} lu={} batch {batch} ({} parameters) precision {precision}",
         s,
         s,
         config.channels,
@@ -69,7 +82,7 @@ pub fn run(config: &GlowConfig, device: Device, batch: i64, iters: usize) -> cra
     println!("encode images/s: {:.2} ({:.1} GFLOP/s)", batch as f64 / enc, flops / enc / 1e9);
     println!("decode images/s: {:.2} ({:.1} GFLOP/s)", batch as f64 / dec, flops / dec / 1e9);
     println!(
-        "conv peak GFLOP/s: {peak:.1} (encode at {:.0}% of it, decode at {:.0}%)",
+        "conv peak GFLOP/s ({precision}): {peak:.1} (encode at {:.0}% of it, decode at {:.0}%)",
         100.0 * flops / enc / 1e9 / peak,
         100.0 * flops / dec / 1e9 / peak
     );

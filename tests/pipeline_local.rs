@@ -336,6 +336,54 @@ fn every_kind_end_to_end_bad_jobs_dead_lettered_and_reruns_identical() {
     assert_eq!(tree(&first.out), t1);
 }
 
+/// `[batching] precision = "bf16"`: the same jobs give the same bytes across reruns and batch sizes, and every
+/// manifest, result record and latents file says which precision computed it.
+#[test]
+fn bf16_reruns_write_identical_bytes_and_record_their_precision() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    model(&models);
+    let input = tmp.path().join("input");
+    inputs(&input);
+    let jobs_file = tmp.path().join("jobs.jsonl");
+    let good: String = jobs().iter().filter(|(_, k)| k.is_none()).map(|(l, _)| format!("{l}\n")).collect();
+    std::fs::write(&jobs_file, good).unwrap();
+    let bf16 = |name: &str, max_batch: usize| {
+        let mut s = settings(max_batch);
+        s.batching.precision = glowd::precision::Precision::Bf16;
+        run_with(tmp.path().join(name), &models, &input, &jobs_file, s)
+    };
+    let first = bf16("a", 4);
+    assert!(first.summary.done > 5 && first.summary.dead_lettered == 0, "{:?}", first.summary);
+    let t1 = tree(&first.out);
+    let second = bf16("b", 1);
+    assert_eq!(second.summary, first.summary);
+    let t2 = tree(&second.out);
+    assert_eq!(t1.keys().collect::<Vec<_>>(), t2.keys().collect::<Vec<_>>());
+    for (k, v) in &t1 {
+        assert!(v == &t2[k], "{k} differs between bf16 runs (max_batch 4 vs 1)");
+    }
+    let (mut manifests, mut latents) = (0, 0);
+    for (k, v) in &t1 {
+        if k.ends_with("manifest.json") {
+            let m: Value = serde_json::from_slice(v).unwrap();
+            assert_eq!(m["model"]["precision"], "bf16", "{k}");
+            manifests += 1;
+        } else if k.ends_with(".safetensors") {
+            let (_, meta) = safetensors::SafeTensors::read_metadata(v).unwrap();
+            assert_eq!(meta.metadata().as_ref().unwrap()["precision"], "bf16", "{k}");
+            latents += 1;
+        }
+    }
+    assert!(manifests > 5 && latents > 0, "{manifests} manifests, {latents} latents files");
+    for r in lines(&first.out.join("results.jsonl")) {
+        assert_eq!(r["precision"], "bf16", "{r}");
+    }
+    // And they are not the float32 bytes (the setting is not ignored).
+    let fp32 = run(tmp.path(), "c", &models, &input, &jobs_file, 4);
+    assert!(t1.iter().any(|(k, v)| k.ends_with(".safetensors") && tree(&fp32.out).get(k) != Some(v)));
+}
+
 #[test]
 fn the_command_line_runs_jobs_and_exits_1_when_some_were_dead_lettered() {
     let tmp = tempfile::tempdir().unwrap();

@@ -194,7 +194,7 @@ pub fn bench(args: BenchArgs) -> Result<usize> {
         config.set(s)?;
     }
     println!("device {} threads {}", device_name(device), tch::get_num_threads());
-    crate::bench::run(&config, device, batch, iters)?;
+    crate::bench::run(&config, device, batch, iters, runtime.precision)?;
     Ok(0)
 
 }
