@@ -156,6 +156,75 @@ fn every_kind_end_to_end_and_bad_inputs_to_the_dlq() {
     }
 }
 
+/// Issue 16, items 5 and 6, against the real broker and MinIO. Item 5 as reproduced in `glowd run`: an edit job
+/// `same-id` at Smiling −1.0 after one at +1.0 was reported `done` with the +1.0 picture; now it is dead-lettered
+/// `id_conflict` naming both fingerprints, and the folder keeps the first job's objects. Item 6: a finished job
+/// whose input object is then deleted, delivered again (as after a crash before its commit), is reported `done`
+/// from its manifest, with no dead letter; before, it was dead-lettered `missing_object`.
+#[test]
+fn a_reused_id_is_refused_and_a_finished_job_redelivered_is_done() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let n = names("reuse");
+    let model = common::pipeline::model_with_directions(tmp.path());
+    let rt = runtime();
+    let client = rt.block_on(s3());
+    let input = |name: &str| format!("s3://{}/{}/{name}", bucket(), n.inputs);
+    rt.block_on(async {
+        create_topics(&n).await;
+        put(&client, &format!("{}/a.png", n.inputs), common::pipeline::png_bytes(40, 48, 1)).await;
+        put(&client, &format!("{}/doomed.png", n.inputs), common::pipeline::png_bytes(32, 32, 2)).await;
+    });
+    let smiling = |strength: f64| {
+        job("same-id", "edit", json!({"input": input("a.png"), "edits": [{"attribute": "Smiling", "strength": strength}]}))
+    };
+    let (plus, minus) = (smiling(1.0), smiling(-1.0));
+    let finished = job("finished", "edit", json!({"input": input("doomed.png"), "edits": [{"attribute": "Eyeglasses", "strength": 0.5}]}));
+    let fingerprint = |p: &str| glowd::job::work_fingerprint(&glowd::job::parse_job(p.as_bytes()).unwrap(), "fp32");
+
+    let port = free_port();
+    let cfg = config(tmp.path(), &n, &model, port);
+    let daemon = start_daemon(&cfg, &tmp.path().join("daemon.log"), port);
+    rt.block_on(produce(&n.jobs, &[plus.clone(), finished.clone()]));
+    let first = consume(&n.results, 2, Duration::from_secs(120), Duration::ZERO);
+    let first: Vec<Value> = first.iter().map(|r| serde_json::from_slice(&r.payload).unwrap()).collect();
+    assert!(first.len() == 2 && first.iter().all(|r| r["status"] == "done"), "{first:#?}\n{}", daemon.log_text());
+    let same_id = format!("{}/same-id", n.outputs);
+    let before = rt.block_on(objects(&client, &same_id));
+    assert!(before.contains_key("edited.png") && before.contains_key("manifest.json") && before.contains_key("work.json"), "{:?}", before.keys());
+    // The finished job's input goes away; then both messages come again, the first with other work.
+    rt.block_on(async {
+        client.delete_object().bucket(bucket()).key(format!("{}/doomed.png", n.inputs)).send().await.unwrap();
+    });
+    rt.block_on(produce(&n.jobs, &[minus.clone(), finished.clone()]));
+    let all = consume(&n.results, 4, Duration::from_secs(120), Duration::from_secs(1));
+    let dlq = consume(&n.dlq, 1, Duration::from_secs(30), Duration::from_secs(2));
+    let (_, metrics) = http_get(port, "/metrics").unwrap();
+    let log = daemon.log_text();
+    assert!(daemon.stop().success(), "{log}");
+
+    let all: Vec<Value> = all.iter().map(|r| serde_json::from_slice(&r.payload).unwrap()).collect();
+    assert_eq!(all.len(), 4, "{all:#?}\n{log}");
+    for r in &all {
+        glowd::job::validate(glowd::job::SchemaName::Result, r).unwrap_or_else(|e| panic!("{e}: {r}"));
+    }
+    let (again, refused) = (&all[2..].iter().find(|r| r["job"] == "finished").unwrap(), all[2..].iter().find(|r| r["job"] == "same-id").unwrap());
+    assert_eq!(again["status"], "done", "the redelivered finished job: {again}\n{log}");
+    assert_eq!(again["outputs"], first.iter().find(|r| r["job"] == "finished").unwrap()["outputs"]);
+    assert_eq!(refused["status"], "dead_lettered", "{refused}");
+    assert_eq!(refused["error"]["kind"], "id_conflict", "{refused}");
+    assert_eq!(dlq.len(), 1, "exactly one dead letter, the reused id's\n{log}");
+    assert_eq!(dlq[0].payload, minus.as_bytes());
+    assert_eq!(dlq[0].headers.get("glowd.error.kind").map(String::as_str), Some("id_conflict"));
+    let message = &dlq[0].headers["glowd.error.message"];
+    assert!(message.contains(&fingerprint(&plus)) && message.contains(&fingerprint(&minus)), "{message}");
+    assert!(rt.block_on(objects(&client, &same_id)) == before, "the refused job changed the folder");
+    let manifest: Value = serde_json::from_slice(&before["manifest.json"]).unwrap();
+    glowd::job::validate(glowd::job::SchemaName::Manifest, &manifest).unwrap();
+    assert_eq!(manifest["work"]["fingerprint"], json!(fingerprint(&plus)));
+    assert!(metrics.contains("glowd_jobs_found_finished_total 1"), "{metrics}");
+}
+
 /// `glowd` with the dev stack's environment plus `envs`: (exit status, stdout, stderr).
 fn run_glowd(args: &[&str], envs: &[(String, String)]) -> (std::process::ExitStatus, String, String) {
     let out = common::bin::glowd()

@@ -294,6 +294,7 @@ fn manifests_of_every_kind_match_the_manifest_schema() {
             },
             outputs,
             bits_per_dim: vec![3.1; job.inputs().len()],
+            work: Some(glowd::job::Work::of(&job, "fp32")),
         };
         let v = serde_json::to_value(&m).unwrap();
         validate(SchemaName::Manifest, &v).unwrap_or_else(|e| panic!("{file}: {e}\n{v}"));

@@ -530,3 +530,177 @@ fn an_edit_that_overflows_is_dead_lettered_not_written_black() {
     let mean = fine.as_raw().iter().map(|&v| v as f64).sum::<f64>() / fine.as_raw().len() as f64;
     assert!(mean > 20.0, "the sane edit came out dark (mean {mean})");
 }
+
+/// The job lines of `jobs` in a file `name` under `dir`.
+fn jobs_file(dir: &Path, name: &str, jobs: &[Value]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, jobs.iter().map(Value::to_string).collect::<Vec<_>>().join("\n")).unwrap();
+    path
+}
+
+fn smiling(id: &str, strength: f64) -> Value {
+    with(base(id, "edit"), json!({"input": A, "edits": [{"attribute": "Smiling", "strength": strength}]}))
+}
+
+/// Issue 16, item 5, as reproduced: in `glowd run`, an edit job `same-id` at Smiling −1.0 after one at +1.0 was
+/// reported `done` with the +1.0 picture (output keys depend on the id alone, an existing output was read back and
+/// used, an existing manifest accepted unchecked). The second job is other work under a used id: it is refused
+/// (`id_conflict`, both fingerprints named) and the folder keeps the first job's outputs. Both in one run (they race
+/// for the folder): exactly one is done, with its own picture, and the other refused.
+#[test]
+fn a_reused_id_is_refused_not_answered_with_another_jobs_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    model(&models);
+    let input = tmp.path().join("input");
+    inputs(&input);
+    let (plus, minus) = (smiling("same-id", 1.0), smiling("same-id", -1.0));
+    let fingerprint = |v: &Value| glowd::job::work_fingerprint(&job::parse_job(v.to_string().as_bytes()).unwrap(), "fp32");
+    // What each job's picture is on its own.
+    let alone = |name: &str, j: &Value| {
+        let r = run(tmp.path(), name, &models, &input, &jobs_file(tmp.path(), &format!("{name}.jsonl"), &[j.clone()]), 4);
+        assert_eq!(r.summary.done, 1, "{:?}", r.summary);
+        std::fs::read(r.out.join("same-id/edited.png")).unwrap()
+    };
+    let (plus_png, minus_png) = (alone("plus-alone", &plus), alone("minus-alone", &minus));
+    assert_ne!(plus_png, minus_png, "the two edits give different pictures");
+
+    // One after the other, into the same folder.
+    let first = run(tmp.path(), "out", &models, &input, &jobs_file(tmp.path(), "plus.jsonl", &[plus.clone()]), 4);
+    assert_eq!((first.summary.done, first.summary.dead_lettered), (1, 0));
+    let before = tree(&first.out);
+    let second = run(tmp.path(), "out", &models, &input, &jobs_file(tmp.path(), "minus.jsonl", &[minus.clone()]), 4);
+    assert_eq!((second.summary.done, second.summary.dead_lettered), (0, 1), "{:?}", second.summary);
+    let dead = lines(&second.out.join("dead-letters.jsonl"));
+    assert_eq!(dead[0]["error"]["kind"], "id_conflict", "{}", dead[0]);
+    let message = dead[0]["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&fingerprint(&plus)) && message.contains(&fingerprint(&minus)), "{message}");
+    let results = lines(&second.out.join("results.jsonl"));
+    assert_eq!(results[0]["status"], "dead_lettered", "{}", results[0]);
+    assert_eq!(tree(&second.out), before, "the refused job changed the folder");
+    assert_eq!(std::fs::read(second.out.join("same-id/edited.png")).unwrap(), plus_png);
+    let manifest: Value = serde_json::from_slice(&std::fs::read(second.out.join("same-id/manifest.json")).unwrap()).unwrap();
+    job::validate(SchemaName::Manifest, &manifest).unwrap();
+    assert_eq!(manifest["work"], json!({"fingerprint": fingerprint(&plus), "precision": "fp32"}));
+    // The first job again is a redelivery of the same work: done, from its manifest, nothing changed.
+    let again = run(tmp.path(), "out", &models, &input, &jobs_file(tmp.path(), "plus.jsonl", &[plus.clone()]), 4);
+    assert_eq!((again.summary.done, again.summary.dead_lettered), (1, 0));
+    assert_eq!(tree(&again.out), before);
+
+    // Both in one run: they race for the folder; the claim written before any output gives it to one of them.
+    let both = run(tmp.path(), "both", &models, &input, &jobs_file(tmp.path(), "both.jsonl", &[plus.clone(), minus.clone()]), 4);
+    assert_eq!((both.summary.done, both.summary.dead_lettered), (1, 1), "{:?}", both.summary);
+    let done = lines(&both.out.join("results.jsonl")).into_iter().find(|r| r["status"] == "done").unwrap();
+    let winner = if done["source"]["offset"] == 0 { (&plus, &plus_png) } else { (&minus, &minus_png) };
+    let manifest: Value = serde_json::from_slice(&std::fs::read(both.out.join("same-id/manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["work"]["fingerprint"], json!(fingerprint(winner.0)));
+    assert_eq!(&std::fs::read(both.out.join("same-id/edited.png")).unwrap(), winner.1, "the done job's picture is not its own");
+    assert_eq!(lines(&both.out.join("dead-letters.jsonl"))[0]["error"]["kind"], "id_conflict");
+}
+
+/// Issue 16, item 6: a finished job redelivered (a crash after its result, before the commit) is found finished
+/// from its manifest before anything else, and reported done, although meanwhile its input was deleted, the pipeline's
+/// limits were lowered and its model is no longer served. Before, each of those made it a dead letter.
+#[test]
+fn a_finished_job_redelivered_is_done_though_its_input_limits_and_model_changed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    model(&models);
+    let input = tmp.path().join("input");
+    inputs(&input);
+    let faces = input.join("images/faces");
+    std::fs::copy(faces.join("a.png"), faces.join("doomed.png")).unwrap();
+    let jobs = [
+        with(base("finished-edit", "edit"), json!({"input": "s3://images/faces/doomed.png", "edits": [{"attribute": "Smiling", "strength": 0.8}]})),
+        with(base("finished-sample", "sample"), json!({"n": 3})),
+    ];
+    let file = jobs_file(tmp.path(), "jobs.jsonl", &jobs);
+    let first = run(tmp.path(), "out", &models, &input, &file, 4);
+    assert_eq!((first.summary.done, first.summary.dead_lettered), (2, 0), "{:?}", first.summary);
+    let before = tree(&first.out);
+    let results_before = lines(&first.out.join("results.jsonl"));
+
+    // Then: the input is deleted, the limits are lowered below both jobs, and only another model is served.
+    std::fs::remove_file(faces.join("doomed.png")).unwrap();
+    let mut s = settings(4);
+    s.jobs.max_strength = 0.5;
+    s.jobs.max_samples = 1;
+    let others = tmp.path().join("other-models");
+    std::fs::create_dir_all(&others).unwrap();
+    std::fs::rename(models.join("faces"), others.join("other")).unwrap();
+    let again = run_with(first.out.clone(), &others, &input, &file, s);
+    assert_eq!((again.summary.done, again.summary.dead_lettered), (2, 0), "{:?}\n{}", again.summary,
+        std::fs::read_to_string(again.out.join("dead-letters.jsonl")).unwrap());
+    assert!(std::fs::read_to_string(again.out.join("dead-letters.jsonl")).unwrap().is_empty());
+    let results = lines(&again.out.join("results.jsonl"));
+    for r in &results {
+        job::validate(SchemaName::Result, r).unwrap_or_else(|e| panic!("{e}: {r}"));
+        let earlier = results_before.iter().find(|b| b["job"] == r["job"]).unwrap();
+        assert_eq!((&r["status"], &r["outputs"], &r["bits_per_dim"]), (&earlier["status"], &earlier["outputs"], &earlier["bits_per_dim"]), "{r}");
+    }
+    assert_eq!(tree(&again.out), before);
+}
+
+/// Issue 16, item 9: an object already at an output key is read back only up to what this work writes there (and
+/// `output.max_readback_bytes` bounds a manifest or claim read): a large object that is not the job's output is
+/// refused (`id_conflict`), never read whole nor listed in a manifest. Before, it was read back with no bound and
+/// the job reported done with it.
+#[test]
+fn an_existing_object_is_read_back_only_up_to_what_the_work_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    model(&models);
+    let input = tmp.path().join("input");
+    inputs(&input);
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(out.join("squatted")).unwrap();
+    std::fs::write(out.join("squatted/edited.png"), vec![7u8; 1 << 20]).unwrap();
+    std::fs::create_dir_all(out.join("big-manifest")).unwrap();
+    std::fs::write(out.join("big-manifest/manifest.json"), vec![b' '; 4096]).unwrap();
+    let file = jobs_file(tmp.path(), "jobs.jsonl", &[smiling("squatted", 0.5), smiling("big-manifest", 0.5), smiling("fine", 0.5)]);
+    let mut s = settings(4);
+    s.output.max_readback_bytes = 2048;
+    let r = run_with(out.clone(), &models, &input, &file, s);
+    assert_eq!((r.summary.done, r.summary.dead_lettered), (1, 2), "{:?}", r.summary);
+    let dead = lines(&out.join("dead-letters.jsonl"));
+    for d in &dead {
+        assert_eq!(d["error"]["kind"], "id_conflict", "{d}");
+    }
+    let squatted = dead.iter().find(|d| d["job"] == "squatted").unwrap();
+    assert!(squatted["error"]["message"].as_str().unwrap().contains("1048576 bytes"), "{squatted}");
+    let big = dead.iter().find(|d| d["job"] == "big-manifest").unwrap();
+    assert!(big["error"]["message"].as_str().unwrap().contains("max_readback_bytes"), "{big}");
+    assert!(!out.join("squatted/manifest.json").exists(), "a manifest lists an object that is not the job's output");
+    assert!(out.join("fine/manifest.json").is_file());
+}
+
+/// Issue 16, item 9: a sample or augment op larger than `max_batch` runs in passes of at most `max_batch` (the size
+/// the warm-up ran), with the same bytes as one pass over all of it: the pipeline's outputs at `max_batch` 2 and 16
+/// are identical, and the samples are the model's own `sample(n)` in one pass.
+#[test]
+fn ops_larger_than_max_batch_run_in_passes_with_the_bytes_of_one_pass() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    let model_dir = model(&models);
+    let input = tmp.path().join("input");
+    inputs(&input);
+    let jobs = [
+        with(base("big-sample", "sample"), json!({"n": 7, "seed": 11, "temperature": 0.7})),
+        with(base("big-augment", "augment"), json!({"input": A, "variants": 7, "attributes": [{"attribute": "Smiling", "min": -1, "max": 1}], "keep_levels": 2})),
+        with(base("big-interp", "interpolate"), json!({"inputs": [A, B], "frames": 7})),
+    ];
+    let file = jobs_file(tmp.path(), "jobs.jsonl", &jobs);
+    let split = run(tmp.path(), "split", &models, &input, &file, 2);
+    let whole = run(tmp.path(), "whole", &models, &input, &file, 16);
+    assert_eq!((split.summary.done, whole.summary.done), (3, 3), "{:?} {:?}", split.summary, whole.summary);
+    let (a, b) = (tree(&split.out), tree(&whole.out));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (k, v) in &a {
+        assert!(v == &b[k], "{k}: passes of 2 and one pass differ");
+    }
+    let glow = Glow::load(&model_dir, Device::Cpu).unwrap();
+    let samples = tensor_to_pixels(&glow.sample(7, &[0.7; 3], 11).unwrap());
+    for (i, s) in samples.iter().enumerate() {
+        assert_eq!(read_png(&split.out.join(format!("big-sample/sample-{i:03}.png"))), pixels_to_tensor(std::slice::from_ref(s)), "sample {i}");
+    }
+}

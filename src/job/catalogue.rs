@@ -54,6 +54,7 @@ catalogue! {
     UnknownModel = "unknown_model": "the job names a model (or version) this daemon does not serve",
     UnknownAttribute = "unknown_attribute": "the job names an attribute the model has no direction for",
     InvalidForModel = "invalid_for_model": "the job's numbers do not fit the model (levels, strengths, ...)",
+    IdConflict = "id_conflict": "the job's id already holds the outputs of other work (another fingerprint)",
     MissingObject = "missing_object": "an input object does not exist",
     InputTooLarge = "input_too_large": "an input object is over `max_input_bytes`",
     AccessDenied = "access_denied": "the store refused to read an input object",

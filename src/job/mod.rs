@@ -14,7 +14,8 @@
 //! Callers never choose output keys: [`output_prefix`] derives them from the job id, so a redelivered job
 //! rewrites the same keys (with create-only writes, a second write is a no-op).
 //!
-//! Submodules: [`key`] (S3 URIs and key confinement) and [`report`] (result records and manifests).
+//! Submodules: [`key`] (S3 URIs and key confinement), [`report`] (result records and manifests) and [`work`] (the
+//! fingerprint of a job's work, which tells a redelivery from another job under the same id).
 
 pub use crate::disposition::Disposition;
 
@@ -28,6 +29,7 @@ mod schema;
 mod spec;
 #[cfg(test)]
 mod tests;
+pub mod work;
 
 pub use catalogue::{ErrorKind, Stage};
 pub use error::*;
@@ -35,6 +37,7 @@ pub use output_key::*;
 pub use parse::*;
 pub use schema::*;
 pub use spec::*;
+pub use work::{work_fingerprint, Claim, StoredRecord, Work, CLAIM_NAME};
 
 pub use key::{check_key, check_key_allowed, parse_s3_uri, AllowedPrefix, KeyError, S3Uri, MAX_KEY_BYTES};
 pub use report::{JobFailure, JobResult, JobStatus, Manifest, MediaType, ModelProvenance, OutputEntry, SourcePosition, Timings};

@@ -123,8 +123,20 @@ impl JobParser {
         &self.limits
     }
 
-    /// Checks a message through every gate (see the module docs) and returns the job, seed filled in.
+    /// Checks a message through every gate (see the module docs) and returns the job, seed filled in: the
+    /// contract ([`JobParser::parse_contract`]), then this pipeline's admission ([`JobParser::admit`]).
     pub fn parse(&self, bytes: &[u8]) -> Result<Job, JobError> {
+        let job = self.parse_contract(bytes)?;
+        self.admit(&job)?;
+        Ok(job)
+    }
+
+    /// The gates of the job contract: size, JSON, version, kind, schema, key hygiene (a key that is not a plain
+    /// relative key is `forbidden_key` wherever it points), the types and the rules the schema cannot state. What
+    /// passes is a well-formed job whose id and work are known, so its output folder can be looked at: a finished
+    /// job is found there before this pipeline's current limits and allowed prefixes are applied to it
+    /// ([`JobParser::admit`]), and a redelivery after a limit was lowered is still reported done.
+    pub fn parse_contract(&self, bytes: &[u8]) -> Result<Job, JobError> {
         if bytes.len() > self.limits.max_payload_bytes {
             return Err(JobError::TooLarge { size: bytes.len(), limit: self.limits.max_payload_bytes });
         }
@@ -147,23 +159,25 @@ impl JobParser {
         // Input keys before the types: the schema only checks the URI's shape, and the error should say
         // `forbidden_key`, not a serde message.
         for uri in input_uris(&value) {
-            self.check_input(uri)?;
+            parse_s3_uri(uri).map_err(|source| JobError::ForbiddenKey { uri: quote(uri), source })?;
         }
         let mut job: Job = serde_json::from_value(value).map_err(|e| JobError::Schema(e.to_string()))?;
         check_rules(&job)?;
-        check_limits(&job, &self.limits)?;
         job.fill_derived();
         Ok(job)
     }
 
-    fn check_input(&self, uri: &str) -> Result<(), JobError> {
-        let forbidden = |source| JobError::ForbiddenKey { uri: quote(uri), source };
-        let parsed = parse_s3_uri(uri).map_err(forbidden)?;
+    /// This pipeline's admission of a well-formed job: every input under an allowed bucket/prefix pair
+    /// (`forbidden_key`), then the configured limits (`over_limit`).
+    pub fn admit(&self, job: &Job) -> Result<(), JobError> {
         if let Some(allowed) = &self.allowed_inputs {
             let pairs: Vec<(&str, &str)> = allowed.iter().map(|a| (a.bucket(), a.prefix())).collect();
-            check_key_allowed(&parsed.bucket, &parsed.key, &pairs).map_err(forbidden)?;
+            for uri in job.inputs() {
+                check_key_allowed(&uri.bucket, &uri.key, &pairs)
+                    .map_err(|source| JobError::ForbiddenKey { uri: quote(&uri.to_string()), source })?;
+            }
         }
-        Ok(())
+        check_limits(job, &self.limits)
     }
 }
 

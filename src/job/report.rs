@@ -225,4 +225,8 @@ pub struct Manifest {
     pub outputs: Vec<OutputEntry>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bits_per_dim: Vec<f64>,
+    /// The work the outputs are the result of ([`super::work`]); absent in manifests written before it was
+    /// recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work: Option<super::Work>,
 }

@@ -346,6 +346,29 @@ impl Glow {
     /// a ChaCha stream seeded by `seed` (coarsest level first).
     pub fn reverse_flow(&self, z: &[Option<Tensor>], n: i64, temperatures: &[f64], seed: u64) -> Result<Tensor> {
         self.check_latents(z, n)?;
+        self.check_temperatures(temperatures)?;
+        let given: Vec<bool> = z.iter().map(Option::is_some).collect();
+        let noise = self.prior_noise(&given, n, seed);
+        self.reverse_flow_noised(z, &noise, n, temperatures)
+    }
+
+    /// The standard normal noise [`Glow::reverse_flow`] draws from `seed` for the levels not given (`given[i]`
+    /// false): `n` rows per level, on the CPU, drawn in the same order (coarsest level first). Drawn ahead, it lets
+    /// a caller decode the rows in chunks of any size and get the images of one pass over all of them.
+    pub fn prior_noise(&self, given: &[bool], n: i64, seed: u64) -> Vec<Option<Tensor>> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let shapes = self.config.latent_shapes();
+        let mut noise: Vec<Option<Tensor>> = (0..shapes.len()).map(|_| None).collect();
+        for i in (0..shapes.len()).rev() {
+            if !given.get(i).copied().unwrap_or(false) {
+                let (c, h, w) = shapes[i];
+                noise[i] = Some(seeded_normal(&mut rng, &[n, c, h, w], Device::Cpu));
+            }
+        }
+        noise
+    }
+
+    fn check_temperatures(&self, temperatures: &[f64]) -> Result<()> {
         if temperatures.len() != self.levels.len() {
             return Err(ModelError::Input(format!(
                 "{} temperatures given, the model has {} levels",
@@ -353,8 +376,24 @@ impl Glow {
                 self.levels.len()
             )));
         }
+        Ok(())
+    }
+
+    /// [`Glow::reverse_flow`] with its noise given ([`Glow::prior_noise`]'s rows, or a slice of them): every
+    /// level is either given in `z` or has its noise in `noise`.
+    pub fn reverse_flow_noised(
+        &self,
+        z: &[Option<Tensor>],
+        noise: &[Option<Tensor>],
+        n: i64,
+        temperatures: &[f64],
+    ) -> Result<Tensor> {
+        self.check_latents(z, n)?;
+        self.check_temperatures(temperatures)?;
+        if noise.len() != self.levels.len() {
+            return Err(ModelError::Input(format!("noise for {} levels, the model has {}", noise.len(), self.levels.len())));
+        }
         let device = self.device();
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let shapes = self.config.latent_shapes();
         let folded = self.folded.as_ref();
         let state = self.state_kind();
@@ -376,8 +415,17 @@ impl Glow {
             let zi = match given {
                 Some(t) => t,
                 None => {
+                    let eps = match &noise[i] {
+                        Some(e) if e.size() == [n, c, hh, ww] => e.to_device(device),
+                        Some(e) => {
+                            return Err(ModelError::Input(format!(
+                                "noise of level {i} has shape {:?}, expected [{n}, {c}, {hh}, {ww}]",
+                                e.size()
+                            )))
+                        }
+                        None => return Err(ModelError::Input(format!("level {i} is neither given nor has noise"))),
+                    };
                     let (mean, log_sd) = prior.mean_log_sd(&prior_input);
-                    let eps = seeded_normal(&mut rng, &[n, c, hh, ww], device);
                     (mean + log_sd.exp() * eps * temperatures[i]).to_kind(state)
                 }
             };
@@ -441,6 +489,18 @@ impl Glow {
             .map(|t| t.size()[0])
             .ok_or_else(|| ModelError::Input("decode_partial needs at least one given level".into()))?;
         self.reverse_flow(z, n, temperatures, seed)
+    }
+
+    /// [`Glow::decode_partial_checked`] with the noise of the levels not given drawn ahead ([`Glow::prior_noise`]).
+    pub fn decode_noised_checked(
+        &self,
+        z: &[Option<Tensor>],
+        noise: &[Option<Tensor>],
+        n: i64,
+        temperatures: &[f64],
+    ) -> Result<(Tensor, Vec<bool>)> {
+        let x = self.reverse_flow_noised(z, noise, n, temperatures)?;
+        Ok((self.output_to_pixels(&x), Self::finite_rows(&x)))
     }
 
     /// `n` samples with a temperature per level (finest first).

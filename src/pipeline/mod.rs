@@ -20,6 +20,7 @@ pub mod batcher;
 pub mod decode;
 mod envelope;
 pub mod error;
+mod folder;
 pub mod output;
 mod prepare;
 pub mod report;
@@ -28,6 +29,7 @@ pub mod store;
 
 pub use envelope::{Ack, Envelope};
 pub use error::StageError;
+pub use folder::DEVICE_PRECISION;
 use prepare::{encode_outputs, prepare};
 pub use report::{DeadLetter, JsonlReporter, Reporter};
 pub use crate::settings::PipelineSettings;
@@ -37,7 +39,7 @@ use crate::codec::image::Pixels;
 use crate::job::{
     ErrorKind,
     self, AllowedPrefix, Disposition, Job, JobFailure, JobId, JobParser, JobResult, JobSpec, JobStatus, Manifest,
-    MediaType, ModelProvenance, OutputEntry, SourcePosition, Stage, Timings,
+    MediaType, ModelProvenance, OutputEntry, SourcePosition, Stage, Timings, Work,
 };
 use crate::worker::{BatchItem, DeviceOp, DeviceOutput, DeviceWorker, ModelInfo};
 use batcher::ModelQueue;
@@ -276,7 +278,9 @@ impl Pipeline {
         let started = Instant::now();
         let mut timings =
             Timings { queued_seconds: Some(started.duration_since(received).as_secs_f64()), ..Timings::default() };
-        let job = match self.parser.parse(payload) {
+        // The contract only: this pipeline's limits and allowed prefixes are applied after the job's folder has been
+        // looked at, so a finished job is reported done whatever they are now (`run_job`).
+        let job = match self.parser.parse_contract(payload) {
             Ok(job) => job,
             Err(e) => {
                 let id = job::peek_id(payload, self.settings.jobs.max_payload_bytes);
@@ -400,12 +404,23 @@ impl Pipeline {
 
 
     /// Runs a job to its written outputs: (keys, bits/dim, why it was skipped instead, if it was), or the error
-    /// and the attempts made.
+    /// and the attempts made. A job whose manifest shows the same work finished earlier (a redelivery after a crash
+    /// before the commit) is answered from that manifest before anything else: its inputs may be gone, its model
+    /// redeployed or this pipeline's limits lowered since, and none of that makes a finished job a dead letter.
     async fn run_job(
         &self,
         job: &Job,
         timings: &mut Timings,
     ) -> Result<(Vec<String>, Vec<f64>, Option<String>), (StageError, u32)> {
+        let work = Work::of(job, self.precision());
+        if let Some(done) = self.finished(job, &work).await? {
+            metrics::counter!("glowd_jobs_found_finished_total").increment(1);
+            tracing::info!(fingerprint = %work.fingerprint, "finished earlier: reported from its manifest");
+            let mut keys: Vec<String> = done.outputs.iter().map(|o| o.key.clone()).collect();
+            keys.push(format!("{}{}", job::output_prefix(&self.settings.output.prefix, job), job::MANIFEST_NAME));
+            return Ok((keys, done.bits_per_dim, None));
+        }
+        self.parser.admit(job).map_err(|e| (StageError::from(&e), 1))?;
         let (model_index, info) = self.model_for(job).map_err(|e| (e, 1))?;
         let prepared = prepare(job, info).map_err(|e| (e, 1))?;
         let (images, _decoded_bytes) = self.fetch_and_decode(job, info, timings).await?;
@@ -420,7 +435,7 @@ impl Pipeline {
         }
         let names = job.output_names();
         let encoded = self.encode(job, &names, &output, timings).await?;
-        let keys = self.write(job, info, &names, encoded, &output.bits_per_dim, timings).await?;
+        let keys = self.write(job, &work, info, &names, encoded, &output.bits_per_dim, timings).await?;
         Ok((keys, output.bits_per_dim, None))
     }
 
@@ -488,10 +503,13 @@ impl Pipeline {
         Ok(encoded)
     }
 
-    /// Writes every output create-only, then the manifest last; returns every key written, the manifest's last.
+    /// Writes the claim, every output create-only, then the manifest last; returns every key written, the
+    /// manifest's last.
+    #[allow(clippy::too_many_arguments)]
     async fn write(
         &self,
         job: &Job,
+        work: &Work,
         info: &ModelInfo,
         names: &[String],
         encoded: Vec<(Vec<u8>, MediaType)>,
@@ -501,10 +519,23 @@ impl Pipeline {
         let t = Instant::now();
         let prefix = job::output_prefix(&self.settings.output.prefix, job);
         let bucket = self.settings.output.bucket.as_str();
+        // The claim first: from here on the folder is this work's, and a job under the same id with other work is
+        // refused before it writes anything.
+        let claim = job::Claim {
+            version: job::report::V1,
+            job: job.clone(),
+            work: work.clone(),
+            outputs: names.iter().zip(&encoded).map(|(n, (b, m))| OutputEntry::of(format!("{prefix}{n}"), *m, b)).collect(),
+        };
+        let claim_key = folder::claim_key(&prefix);
+        let owner = self.retrying(|| self.claim(bucket, &claim_key, &claim)).await?;
+        let ceiling = self.settings.output.max_readback_bytes;
+        let owner = &owner;
         let writes = names.iter().zip(encoded).map(|(name, (bytes, media))| {
             let key = format!("{prefix}{name}");
             async move {
-                let stored = self.retrying(|| self.put(bucket, &key, bytes.clone(), media)).await?;
+                let bound = folder::readback_bound(owner, &key, bytes.len(), ceiling);
+                let stored = self.retrying(|| self.put(bucket, &key, bytes.clone(), media, bound)).await?;
                 Ok::<OutputEntry, (StageError, u32)>(OutputEntry::of(key.clone(), media, &stored))
             }
         });
@@ -520,12 +551,13 @@ impl Pipeline {
             },
             outputs: entries,
             bits_per_dim: bits_per_dim.to_vec(),
+            work: Some(work.clone()),
         };
         let mut manifest_bytes = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| (StageError::fatal(ErrorKind::Internal, Stage::Encode, e.to_string()), 1))?;
         manifest_bytes.push(b'\n');
         let manifest_key = format!("{prefix}{}", job::MANIFEST_NAME);
-        self.retrying(|| self.put_manifest(bucket, &manifest_key, manifest_bytes.clone())).await?;
+        self.retrying(|| self.put_manifest(job, work, bucket, &manifest_key, manifest_bytes.clone())).await?;
         Self::stage_time(&mut timings.put_seconds, t, "put");
         let mut keys: Vec<String> = manifest.outputs.iter().map(|o| o.key.clone()).collect();
         keys.push(manifest_key);

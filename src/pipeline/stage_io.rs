@@ -128,10 +128,18 @@ impl Pipeline {
             },
         }
     }
-    /// A create-only write. When the key exists already (a redelivered job), the stored bytes are read back, so the
-    /// manifest describes what is stored; they should equal ours (outputs are deterministic) and a difference is
-    /// logged and counted.
-    pub(super) async fn put(&self, bucket: &str, key: &str, bytes: Vec<u8>, media: MediaType) -> Result<Vec<u8>, StageError> {
+    /// A create-only write. When the key exists already (an earlier attempt at the same work: the folder's claim
+    /// says so), the stored bytes are read back, at most `bound` bytes, so the manifest describes what is stored;
+    /// they should equal ours (outputs are deterministic) and a difference is logged and counted. An object over
+    /// the bound is not what this work writes there: the job is refused (`id_conflict`) rather than read it.
+    pub(super) async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        bytes: Vec<u8>,
+        media: MediaType,
+        bound: u64,
+    ) -> Result<Vec<u8>, StageError> {
         let _permit = tokio::select! {
             _ = self.abandon.cancelled() => return Err(StageError::abandoned(Stage::Put)),
             p = self.put_permits.acquire() => p.expect("never closed"),
@@ -145,7 +153,7 @@ impl Pipeline {
             Ok(PutOutcome::Created) => Ok(bytes),
             Ok(PutOutcome::AlreadyExists) => {
                 metrics::counter!("glowd_outputs_existing_total").increment(1);
-                match self.outputs.get(bucket, key, u64::MAX).await {
+                match self.outputs.get(bucket, key, bound).await {
                     Ok(stored) => {
                         if stored != bytes {
                             metrics::counter!("glowd_outputs_differing_total").increment(1);
@@ -159,6 +167,14 @@ impl Pipeline {
                     Err(StoreError::Transient(m)) => {
                         Err(StageError::retry(ErrorKind::PutError, Stage::Put, format!("{key}: {m}")))
                     }
+                    Err(StoreError::TooLarge { size, limit }) => Err(StageError::dead(
+                        ErrorKind::IdConflict,
+                        Stage::Put,
+                        format!(
+                            "{key}: an object of {size} bytes is already there, more than this work writes there \
+                             ({limit}): the job's folder holds something that is not its work"
+                        ),
+                    )),
                     Err(e) => Err(StageError::retry(
                         ErrorKind::PutError,
                         Stage::Put,
@@ -170,13 +186,21 @@ impl Pipeline {
             Err(e) => Err(StageError::retry(ErrorKind::PutError, Stage::Put, format!("{key}: {e}"))),
         }
     }
-    pub(super) async fn put_manifest(&self, bucket: &str, key: &str, bytes: Vec<u8>) -> Result<(), StageError> {
+    pub(super) async fn put_manifest(
+        &self,
+        job: &Job,
+        work: &Work,
+        bucket: &str,
+        key: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), StageError> {
         let put = self.outputs.put_if_absent(bucket, key, bytes, "application/json").await;
         if !matches!(put, Err(StoreError::Transient(_))) {
             self.note_store_answer();
         }
         match put {
-            Ok(_) => Ok(()),
+            Ok(PutOutcome::Created) => Ok(()),
+            Ok(PutOutcome::AlreadyExists) => self.existing_manifest(job, work, bucket, key).await,
             Err(StoreError::Denied(m)) => Err(StageError::fatal(ErrorKind::AccessDenied, Stage::Put, format!("{key}: {m}"))),
             Err(e) => Err(StageError::retry(ErrorKind::PutError, Stage::Put, format!("{key}: {e}"))),
         }

@@ -123,13 +123,23 @@ impl RetrySettings {
 }
 
 /// Where outputs go.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputSettings {
     /// Bucket of the outputs (ignored by the embedded mode's output folder).
     pub bucket: String,
     /// Key prefix: a job's outputs go under `<prefix>/<job id>/`.
     pub prefix: String,
+    /// Most bytes read back of an object already in a job's folder (its manifest, its claim, or an output an
+    /// earlier attempt wrote). An output is read back only up to the size its claim records; a larger object, or a
+    /// manifest or claim over this, is not this work's and the job is refused (`id_conflict`).
+    pub max_readback_bytes: u64,
+}
+
+impl Default for OutputSettings {
+    fn default() -> Self {
+        OutputSettings { bucket: String::new(), prefix: String::new(), max_readback_bytes: 64 * 1024 * 1024 }
+    }
 }
 
 /// The likelihood gate: bits/dim is the model's outlier score (an image unlike the training data costs more bits).
@@ -185,6 +195,7 @@ impl PipelineSettings {
         positive("images.max_pixels", self.images.max_pixels)?;
         positive("images.max_side", self.images.max_side as u64)?;
         positive("batching.max_batch", self.batching.max_batch as u64)?;
+        positive("output.max_readback_bytes", self.output.max_readback_bytes)?;
         if self.batching.devices.is_empty() {
             return Err("batching.devices must name at least one device".into());
         }

@@ -64,9 +64,12 @@ pub fn run_id(explicit: Option<&str>, prefix: &str, template: &Value) -> String 
     }
 }
 
-/// A job's id: the run and a hash of the image's URI (ids are key segments: `[A-Za-z0-9._-]`, at most 128).
-pub fn job_id(run: &str, uri: &str) -> String {
-    format!("{run}-{}", hex16(uri.as_bytes()))
+/// A job's id: the run and a hash of the job template and the image's URI (ids are key segments:
+/// `[A-Za-z0-9._-]`, at most 128). The template is in the hash even when the run id is given (`--run`): the same
+/// run id with another template (another `--attr`, an edited pipeline file) is other work, and under the same ids
+/// the daemon would refuse it (`id_conflict`) instead of running it.
+pub fn job_id(run: &str, template: &Value, uri: &str) -> String {
+    format!("{run}-{}", hex16(format!("{template}\n{uri}").as_bytes()))
 }
 
 /// The template as JSON, with `--attr NAME=STRENGTH` overrides replacing the template's `edits` (edit jobs).
@@ -90,7 +93,7 @@ pub fn template(settings: &SubmitSettings, attrs: &[(String, f64)]) -> Result<Va
 pub fn job(template: &Value, run: &str, uri: &str) -> Result<Value, String> {
     let mut v = template.clone();
     v["version"] = json!(1);
-    v["id"] = json!(job_id(run, uri));
+    v["id"] = json!(job_id(run, template, uri));
     v["run"] = json!(run);
     v["input"] = json!(uri);
     validate(SchemaName::Job, &v).map_err(|e| format!("submit.job: {e}"))?;
@@ -131,6 +134,12 @@ mod tests {
         assert_eq!(a["run"], json!(run));
         let t2 = template(&s, &[("Eyeglasses".into(), -1.0)]).unwrap();
         assert_eq!(t2["edits"], json!([{"attribute": "Eyeglasses", "strength": -1.0}]));
+        // Another template under the same explicit run id (`--run`) gives other job ids: other work never reuses
+        // an id (the daemon would refuse it as `id_conflict`).
+        let run = run_id(Some("nightly"), "s3://bkt/in/", &t);
+        assert_eq!(run_id(Some("nightly"), "s3://bkt/in/", &t2), run);
+        assert_ne!(job(&t, &run, "s3://bkt/in/a.png").unwrap()["id"], job(&t2, &run, "s3://bkt/in/a.png").unwrap()["id"]);
+        assert_eq!(job(&t, &run, "s3://bkt/in/a.png").unwrap()["id"], job(&t, &run, "s3://bkt/in/a.png").unwrap()["id"]);
     }
 
     #[test]

@@ -150,7 +150,7 @@ fn run_batch(model: &LoadedModel, ops: &[DeviceOp], max_batch: usize) -> Result<
             DeviceOp::Augment { variants, keep_levels, temperatures, seed, .. } => {
                 let r = take(1);
                 results[i] = Some(
-                    augment(model, &select(&z_all, r), variants, *keep_levels, temperatures, *seed)
+                    augment(model, &select(&z_all, r), variants, *keep_levels, temperatures, *seed, max_batch)
                         .map(|images| DeviceOutput { images, latents: None, bits_per_dim: vec![bpd_all[r]] }),
                 );
             }
@@ -168,10 +168,11 @@ fn run_batch(model: &LoadedModel, ops: &[DeviceOp], max_batch: usize) -> Result<
                 }));
             }
             DeviceOp::Sample { n, temperatures, seed } => {
+                let none: Vec<Option<Tensor>> = (0..model.info.levels).map(|_| None).collect();
                 results[i] = Some(
                     check_temperatures(model, temperatures)
-                        .and_then(|()| Ok(glow.sample(*n as i64, temperatures, *seed)?))
-                        .map(|t| DeviceOutput { images: tensor_to_pixels(&t), ..Default::default() }),
+                        .and_then(|()| decode_seeded_chunked(glow, &none, *n, temperatures, *seed, max_batch))
+                        .map(|(images, _finite)| DeviceOutput { images, ..Default::default() }),
                 );
             }
         }
@@ -292,6 +293,47 @@ fn decode_chunked(
     Ok(out)
 }
 
+/// Decodes `n` rows (the given levels' rows, the others drawn from `seed`) in passes of at most `max_batch`, with
+/// the noise of all `n` rows drawn ahead in one stream ([`Glow::prior_noise`]): the images are those of one pass
+/// over all the rows, whatever `max_batch` is, and no pass is larger than the warm-up sized (an op of 256 samples
+/// or 64 augment variants would otherwise run in one pass of its own size, and a device that cannot hold it fails
+/// it again on every retry). A pass of one row is decoded twice over, for the reason `encode_chunked` pads.
+/// Returns the images and which came out finite.
+fn decode_seeded_chunked(
+    glow: &Glow,
+    given: &[Option<Tensor>],
+    n: usize,
+    temperatures: &[f64],
+    seed: u64,
+    max_batch: usize,
+) -> Result<(Vec<Pixels>, Vec<bool>), DeviceError> {
+    let mask: Vec<bool> = given.iter().map(Option::is_some).collect();
+    let noise = glow.prior_noise(&mask, n as i64, seed);
+    let (mut images, mut finite) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for (start, len) in passes(n, max_batch) {
+        let rows = |t: &Tensor| {
+            let part = t.narrow(0, start as i64, len as i64);
+            if len == 1 {
+                Tensor::cat(&[&part, &part], 0)
+            } else {
+                part
+            }
+        };
+        let z: Vec<Option<Tensor>> = given.iter().map(|g| g.as_ref().map(rows)).collect();
+        let eps: Vec<Option<Tensor>> = noise.iter().map(|e| e.as_ref().map(rows)).collect();
+        let (pixels, ok) = glow.decode_noised_checked(&z, &eps, len.max(2) as i64, temperatures)?;
+        images.extend(tensor_to_pixels(&pixels).into_iter().take(len));
+        finite.extend(ok.into_iter().take(len));
+    }
+    Ok((images, finite))
+}
+
+/// The passes over `n` rows: (first row, rows), each at most `max_batch` rows, in order, covering all of them.
+fn passes(n: usize, max_batch: usize) -> impl Iterator<Item = (usize, usize)> {
+    let step = max_batch.max(1);
+    (0..n).step_by(step).map(move |start| (start, step.min(n - start)))
+}
+
 fn resolve<'a>(model: &'a LoadedModel, edits: &[(String, f64)]) -> Result<Vec<(&'a Vec<Tensor>, f64)>, DeviceError> {
     if edits.is_empty() {
         return Ok(vec![]);
@@ -321,6 +363,7 @@ fn augment(
     keep_levels: usize,
     temperatures: &[f64],
     seed: u64,
+    max_batch: usize,
 ) -> Result<Vec<Pixels>, DeviceError> {
     let levels = model.info.levels;
     if keep_levels == 0 || keep_levels > levels {
@@ -343,8 +386,7 @@ fn augment(
                 .then(|| Tensor::cat(&shifted.iter().map(|v| v[l].shallow_clone()).collect::<Vec<_>>(), 0))
         })
         .collect();
-    let (pixels, finite) = model.glow.decode_partial_checked(&given, temperatures, seed)?;
-    let mut images = tensor_to_pixels(&pixels);
+    let (mut images, finite) = decode_seeded_chunked(&model.glow, &given, variants.len(), temperatures, seed, max_batch)?;
     // A variant whose redrawn fine levels, added to its shifted coarse ones, overflow the inverse flow: redraw
     // that variant's noise from seeds derived from the job's (deterministic, so a redone job writes the same
     // bytes), a few times, before giving the job up as non-finite.
@@ -401,4 +443,55 @@ pub fn augment_mixes(ranges: &[(String, f64, f64)], variants: usize, seed: u64) 
 /// come from different streams.
 pub fn augment_noise_seed(seed: u64) -> u64 {
     seed ^ 0x5DEE_CE66_D1CE_4E5B
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::GlowConfig;
+
+    fn tiny() -> Glow {
+        let mut config = GlowConfig::preset("tiny").unwrap();
+        config.set("steps=2").unwrap();
+        let (c, size) = (config.channels, config.image_size);
+        let mut glow = Glow::new(config, Device::Cpu, 3).unwrap();
+        tch::manual_seed(4);
+        glow.initialize_actnorm(&Tensor::randint(256, [16, c, size, size], (tch::Kind::Uint8, Device::Cpu))).unwrap();
+        glow.prepare_inference();
+        glow
+    }
+
+    #[test]
+    fn passes_cover_every_row_once_and_none_is_over_max_batch() {
+        for (n, max_batch) in [(256, 16), (64, 16), (7, 2), (7, 3), (5, 1), (4, 4), (3, 16), (1, 16), (0, 4)] {
+            let p: Vec<(usize, usize)> = passes(n, max_batch).collect();
+            assert!(p.iter().all(|&(_, len)| len >= 1 && len <= max_batch), "{n} by {max_batch}: {p:?}");
+            let rows: Vec<usize> = p.iter().flat_map(|&(s, len)| s..s + len).collect();
+            assert_eq!(rows, (0..n).collect::<Vec<_>>(), "{n} by {max_batch}");
+        }
+        assert_eq!(passes(256, 16).count(), 16);
+    }
+
+    /// A sample (no level given) and a partial decode (the coarsest level given, as augment does) split into passes
+    /// give the bytes of one pass over all rows: the noise of every row is drawn ahead in one stream.
+    #[test]
+    fn a_seeded_decode_in_passes_gives_the_bytes_of_one_pass() {
+        let glow = tiny();
+        let levels = glow.config.levels as usize;
+        let temps = vec![0.7; levels];
+        let none: Vec<Option<Tensor>> = (0..levels).map(|_| None).collect();
+        for (n, max_batch) in [(7, 2), (7, 3), (5, 1), (4, 4)] {
+            let (split, _) = decode_seeded_chunked(&glow, &none, n, &temps, 9, max_batch).unwrap();
+            let whole = tensor_to_pixels(&glow.sample(n as i64, &temps, 9).unwrap());
+            assert!(split == whole, "sample of {n} in passes of {max_batch}");
+        }
+        let shapes = glow.config.latent_shapes();
+        let (c, h, w) = shapes[levels - 1];
+        tch::manual_seed(8);
+        let top = Tensor::randn([7, c, h, w], (tch::Kind::Float, Device::Cpu));
+        let given: Vec<Option<Tensor>> = (0..levels).map(|l| (l == levels - 1).then(|| top.shallow_clone())).collect();
+        let (whole, _) = glow.decode_partial_checked(&given, &temps, 21).unwrap();
+        let (split, _) = decode_seeded_chunked(&glow, &given, 7, &temps, 21, 3).unwrap();
+        assert!(split == tensor_to_pixels(&whole), "a partial decode of 7 in passes of 3");
+    }
 }

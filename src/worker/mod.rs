@@ -8,8 +8,10 @@
 //!
 //! Batching: the ops of one batch share one encode pass over all their input images (chunked at `max_batch`), and
 //! the edit decodes of the batch share one decode pass. Seeded ops (augment, sample) draw their noise for the whole
-//! op at once from the op's own seed, so their results never depend on what else was in the batch; encode and
-//! decode passes never run at batch size one (see `encode_chunked`), so neither do theirs.
+//! op at once from the op's own seed, so their results never depend on what else was in the batch, and decode in
+//! passes of at most `max_batch` (a sample of 256 is 16 passes of 16, the size the warm-up ran), with the same
+//! bytes as one pass; encode and decode passes never run at batch size one (see `encode_chunked`), so neither do
+//! theirs.
 mod exec;
 mod op;
 
