@@ -37,10 +37,10 @@ pub use output_key::*;
 pub use parse::*;
 pub use schema::*;
 pub use spec::*;
-pub use work::{work_fingerprint, Claim, StoredRecord, Work, CLAIM_NAME};
+pub use work::{work_fingerprint, StoredRecord, Work, CLAIM_NAME};
 
 pub use key::{check_key, check_key_allowed, parse_s3_uri, AllowedPrefix, KeyError, S3Uri, MAX_KEY_BYTES};
-pub use report::{JobFailure, JobResult, JobStatus, Manifest, MediaType, ModelProvenance, OutputEntry, SourcePosition, Timings};
+pub use report::{Claim, JobFailure, JobResult, JobStatus, Manifest, MediaType, ModelProvenance, OutputEntry, SourcePosition, Timings};
 
 /// The job message schema, embedded so the daemon validates against exactly the file in the repository.
 pub const JOB_SCHEMA: &str = include_str!("../../schemas/job.v1.json");

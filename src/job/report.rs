@@ -230,3 +230,14 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub work: Option<super::Work>,
 }
+
+/// The claim (`work.json`): the job as understood, its work, and the outputs this attempt is about to write (key,
+/// size, SHA-256): what a later attempt of the same work expects to find there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Claim {
+    pub version: V1,
+    pub job: Job,
+    pub work: super::Work,
+    pub outputs: Vec<OutputEntry>,
+}

@@ -8,7 +8,6 @@
 //! model that ran it: a redelivered message after the same model version was redeployed must still be found
 //! finished (issue 16, item 6), so the weights are recorded beside it in the manifest (`model.fingerprint`) but do
 //! not decide whether two messages ask for the same work.
-use super::report::{OutputEntry, V1};
 use super::{Job, JobSpec, ModelRef};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -52,17 +51,6 @@ pub fn work_fingerprint(job: &Job, precision: &str) -> String {
     let described = Described { tag: "glowd.work.v1", model: &job.model, spec: &job.spec, precision };
     let json = serde_json::to_vec(&described).expect("a job serialises");
     Sha256::digest(&json).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The claim (`work.json`): the job as understood, its work, and the outputs this attempt is about to write (key,
-/// size, SHA-256): what a later attempt of the same work expects to find there.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Claim {
-    pub version: V1,
-    pub job: Job,
-    pub work: Work,
-    pub outputs: Vec<OutputEntry>,
 }
 
 /// A manifest or claim found in a job's folder, read leniently: a record written by another glowd version (a field
