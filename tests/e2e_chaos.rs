@@ -154,14 +154,15 @@ fn chaos(jobs: usize, kills: usize, s3_outage: Duration, daemons: usize, seed: u
     let logs: Vec<String> = fleet.iter().map(|(d, ..)| d.log_text()).collect();
     let exits: Vec<std::process::ExitStatus> = fleet.into_iter().map(|(d, ..)| d.stop()).collect();
     let dead_letters = consume(&chaotic.dlq, 0, Duration::from_secs(3), Duration::ZERO).len();
-    // Every job's outputs against the reference, byte for byte (manifests name their own prefix).
+    // Every job's outputs against the reference, byte for byte (manifests and claims name their own prefix).
     let (want, got) = rt.block_on(async {
         (objects(&client, &reference.outputs).await, objects_in(&client, VERSIONED_BUCKET, &chaotic.outputs).await)
     });
     let (keys, twice) = rt.block_on(keys_written_twice(&client, &chaotic.outputs));
     let (mut missing, mut corrupt) = (0, 0);
     for (key, bytes) in &want {
-        let bytes = if key.ends_with("manifest.json") {
+        // The claim (`work.json`) lists the keys it is about to write, so it names its prefix too.
+        let bytes = if key.ends_with("manifest.json") || key.ends_with("work.json") {
             String::from_utf8(bytes.clone()).unwrap().replace(&reference.outputs, &chaotic.outputs).into_bytes()
         } else {
             bytes.clone()
