@@ -291,6 +291,7 @@ fn manifests_of_every_kind_match_the_manifest_schema() {
                 name: job.model.name.clone(),
                 version: job.model.version.clone(),
                 fingerprint: Some("cbf29ce484222325".into()),
+                precision: Some(glowd::precision::Precision::Fp32),
             },
             outputs,
             bits_per_dim: vec![3.1; job.inputs().len()],

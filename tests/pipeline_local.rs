@@ -586,6 +586,16 @@ fn a_reused_id_is_refused_not_answered_with_another_jobs_outputs() {
     let again = run(tmp.path(), "out", &models, &input, &jobs_file(tmp.path(), "plus.jsonl", &[plus.clone()]), 4);
     assert_eq!((again.summary.done, again.summary.dead_lettered), (1, 0));
     assert_eq!(tree(&again.out), before);
+    // The same message on a pipeline that runs bf16 is other work (other bytes): refused, the fp32 outputs kept.
+    let mut bf16 = settings(4);
+    bf16.batching.precision = glowd::precision::Precision::Bf16;
+    let other = run_with(first.out.clone(), &models, &input, &jobs_file(tmp.path(), "plus.jsonl", &[plus.clone()]), bf16);
+    assert_eq!((other.summary.done, other.summary.dead_lettered), (0, 1), "{:?}", other.summary);
+    let dead = lines(&other.out.join("dead-letters.jsonl"));
+    assert_eq!(dead[0]["error"]["kind"], "id_conflict", "{}", dead[0]);
+    let bf16_fingerprint = glowd::job::work_fingerprint(&job::parse_job(plus.to_string().as_bytes()).unwrap(), "bf16");
+    assert!(dead[0]["error"]["message"].as_str().unwrap().contains(&bf16_fingerprint), "{}", dead[0]);
+    assert_eq!(tree(&other.out), before);
 
     // Both in one run: they race for the folder; the claim written before any output gives it to one of them.
     let both = run(tmp.path(), "both", &models, &input, &jobs_file(tmp.path(), "both.jsonl", &[plus.clone(), minus.clone()]), 4);

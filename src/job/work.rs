@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 /// second job under the same id finds it and is refused before it writes anything.
 pub const CLAIM_NAME: &str = "work.json";
 
-/// The precision a fingerprint assumes for records written before precisions were recorded (every device op ran
-/// fp32 then).
+/// The precision a fingerprint assumes for a record that names none (every device op ran fp32 before precisions
+/// were recorded).
 pub const LEGACY_PRECISION: &str = "fp32";
 
 /// The work a job's outputs are the result of.
@@ -61,6 +61,9 @@ pub struct StoredRecord {
     pub job: Option<serde_json::Value>,
     #[serde(default)]
     pub work: Option<StoredWork>,
+    /// A manifest's model block: manifests written before the work was recorded name the precision there.
+    #[serde(default)]
+    pub model: Option<StoredModel>,
     #[serde(default)]
     pub outputs: Vec<StoredOutput>,
     #[serde(default)]
@@ -75,6 +78,12 @@ pub struct StoredWork {
     pub precision: Option<String>,
 }
 
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StoredModel {
+    #[serde(default)]
+    pub precision: Option<String>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct StoredOutput {
     pub key: String,
@@ -84,7 +93,7 @@ pub struct StoredOutput {
 
 impl StoredRecord {
     /// The fingerprint the record states, else the one its recorded job gives under this version's scheme (a
-    /// manifest written before fingerprints were recorded: precision fp32).
+    /// manifest written before fingerprints were recorded: at the precision its model block names, else fp32).
     pub fn fingerprint(&self) -> Option<String> {
         self.work.as_ref().and_then(|w| w.fingerprint.clone()).or_else(|| self.recomputed())
     }
@@ -92,7 +101,9 @@ impl StoredRecord {
     /// The fingerprint of the recorded job and precision under this version's scheme.
     pub fn recomputed(&self) -> Option<String> {
         let job: Job = serde_json::from_value(self.job.clone()?).ok()?;
-        let precision = self.work.as_ref().and_then(|w| w.precision.as_deref()).unwrap_or(LEGACY_PRECISION);
+        let precision = (self.work.as_ref().and_then(|w| w.precision.as_deref()))
+            .or(self.model.as_ref().and_then(|m| m.precision.as_deref()))
+            .unwrap_or(LEGACY_PRECISION);
         Some(work_fingerprint(&job, precision))
     }
 
@@ -165,6 +176,9 @@ mod tests {
         assert!(legacy.same_work(&work));
         assert!(!legacy.same_work(&Work::of(&plus, "bf16")));
         assert_eq!(legacy.fingerprint(), Some(work.fingerprint.clone()));
+        // A manifest that names its precision in its model block only (written before the work was recorded).
+        let bf16 = record(serde_json::json!({"job": job_json, "model": {"name": "faces", "version": "1", "precision": "bf16"}}));
+        assert!(bf16.same_work(&Work::of(&plus, "bf16")) && !bf16.same_work(&work));
         // A record whose fingerprint came from another scheme but whose job is this work.
         let rehashed = record(serde_json::json!({"job": job_json, "work": {"fingerprint": "00", "precision": "fp32"}}));
         assert!(rehashed.same_work(&work));

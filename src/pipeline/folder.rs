@@ -6,15 +6,11 @@
 use super::*;
 use crate::job::{Claim, StoredRecord, Work, CLAIM_NAME};
 
-/// The precision the device runs at, as the work fingerprint records it. The one place the pipeline names it: the
-/// `[batching] precision` setting (fp32 or bf16) replaces this constant when it lands; until then every device op
-/// runs fp32.
-pub const DEVICE_PRECISION: &str = "fp32";
-
 impl Pipeline {
-    /// The precision this pipeline's device ops run at (see [`DEVICE_PRECISION`]).
+    /// The precision this pipeline's device ops run at (`[batching] precision`), as the work fingerprint takes it:
+    /// the same job at fp32 and at bf16 gives other bytes, so it is other work.
     pub(super) fn precision(&self) -> &'static str {
-        DEVICE_PRECISION
+        self.settings.batching.precision.as_str()
     }
 
     /// The job's manifest, when this work finished earlier; `None` when there is none; `id_conflict` when the

@@ -29,7 +29,6 @@ pub mod store;
 
 pub use envelope::{Ack, Envelope};
 pub use error::StageError;
-pub use folder::DEVICE_PRECISION;
 use prepare::{encode_outputs, prepare};
 pub use report::{DeadLetter, JsonlReporter, Reporter};
 pub use crate::settings::PipelineSettings;
