@@ -248,7 +248,16 @@ fn face_model() -> PathBuf {
 #[test]
 fn edit_keeps_each_input_file_name_and_format() {
     let tmp = tempfile::tempdir().unwrap();
-    let png = write_images(tmp.path(), 2, 32);
+    // Soft grey gradients: near enough to the face model's data that they decode finite (the hard patterns of
+    // write_images do not).
+    let png: Vec<PathBuf> = (0..2u32)
+        .map(|i| {
+            let img = image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([(100 + x + i * 9) as u8, (110 + y) as u8, 120]));
+            let path = tmp.path().join(format!("img{i}.png"));
+            img.save(&path).unwrap();
+            path
+        })
+        .collect();
     let jpg = tmp.path().join("face.jpg");
     image::open(&png[0]).unwrap().to_rgb8().save(&jpg).unwrap();
     // PNG bytes under a name whose format glowd cannot write: read by content, written as .png with a note.
@@ -332,4 +341,36 @@ fn directions_refuse_attributes_with_too_few_positives_or_negatives_by_name() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(model.join("directions.safetensors").exists());
+}
+
+/// `edit` and `sheet` never write a black picture for an edit that decodes non-finite: an error line names the file
+/// and the attribute/strength, the other outputs are still written, exit status 1. Committed face model, a CelebA
+/// face from ../shared/data (Wearing_Hat +4 overflows on it; +0 never does).
+#[test]
+fn edits_that_decode_non_finite_are_error_lines_not_black_pictures() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let data = std::env::var("GLOWD_SHARED_DATA").map(PathBuf::from).unwrap_or(root.join("../shared/data"));
+    let face = data.join("celeba/img/000001.jpg");
+    if !face.exists() {
+        assert!(std::env::var("CI").is_err(), "CI needs ../shared/data/celeba");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let model = root.join("models/celeba-32");
+    let out = tmp.path().join("edited");
+    let run = glowd(&["edit", "--model", s(&model), "--attr", "Wearing_Hat=4", "--crop", "10,25,80,95", s(&face), "--out", s(&out)]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("000001.jpg") && stderr.contains("Wearing_Hat=4") && stderr.contains("non-finite"), "{stderr}");
+    assert!(!out.join("000001.jpg").exists() && !out.join("000001.png").exists(), "a non-finite edit was written");
+
+    let sheet = tmp.path().join("sheet.png");
+    let run = glowd(&[
+        "sheet", "--model", s(&model), "--attr", "Wearing_Hat", "--strengths", "0,4", "--crop", "10,25,80,95",
+        s(&face), "--out", s(&sheet),
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("000001.jpg") && stderr.contains("Wearing_Hat=4"), "{stderr}");
+    assert!(!sheet.exists(), "the only face's row was non-finite, so no sheet");
 }

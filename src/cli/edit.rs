@@ -172,8 +172,13 @@ pub fn edit(args: EditArgs) -> Result<usize> {
     for chunk in loaded.chunks(args.batch.max(1)) {
         let pixels: Vec<Pixels> = chunk.iter().map(|(_, p)| p.clone()).collect();
         let latents = glow.encode(&pixels_to_tensor(&pixels))?;
-        let edited = glow.decode(&directions::shift(&latents.z, &edits))?;
-        for ((path, _), img) in chunk.iter().zip(tensor_to_pixels(&edited)) {
+        let (edited, finite) = glow.decode_checked(&directions::shift(&latents.z, &edits))?;
+        for (((path, _), img), finite) in chunk.iter().zip(tensor_to_pixels(&edited)).zip(finite) {
+            if !finite {
+                eprintln!("{}: {}", path.display(), outside_the_model(&args.attrs.join(", ")));
+                failed += 1;
+                continue;
+            }
             let (target, format) = edit_output(path, &args.out);
             if let Err(e) = save_as(&imageio::pixels_to_image(&img), &target, format) {
                 eprintln!("{e}");
@@ -186,6 +191,11 @@ pub fn edit(args: EditArgs) -> Result<usize> {
 
 /// Where `glowd edit` writes the edit of `input`: under `out` with the input's file name, in the input's format
 /// when this build can write it (png, jpg/jpeg, webp, gif), otherwise as `<stem>.png` with a note.
+/// Why an output was not written: quantising a non-finite decode would give a black picture without a word.
+fn outside_the_model(what: &str) -> String {
+    format!("{what}: decoding gave non-finite pixels (outside what this model can draw for this face); not written")
+}
+
 pub fn edit_output(input: &Path, out: &Path) -> (PathBuf, image::ImageFormat) {
     let name = input.file_name().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("out.png"));
     match image::ImageFormat::from_path(&name) {
@@ -263,12 +273,15 @@ pub fn interpolate(args: InterpolateArgs) -> Result<usize> {
     let pixels: Vec<Pixels> = loaded.iter().map(|(_, p)| p.clone()).collect();
     let latents = glow.encode(&pixels_to_tensor(&pixels))?;
     let (za, zb) = (latents.select(0).z, latents.select(1).z);
-    let frames: Vec<Pixels> = (0..args.frames)
-        .map(|k| {
-            let t = k as f64 / (args.frames - 1) as f64;
-            glow.decode(&directions::interpolate(&za, &zb, t)).map(|p| tensor_to_pixels(&p).remove(0))
-        })
-        .collect::<Result<_, _>>()?;
+    let mut frames: Vec<Pixels> = Vec::with_capacity(args.frames);
+    for k in 0..args.frames {
+        let t = k as f64 / (args.frames - 1) as f64;
+        let (p, finite) = glow.decode_checked(&directions::interpolate(&za, &zb, t))?;
+        if !finite[0] {
+            bail!("{} → {}: {}", args.a.display(), args.b.display(), outside_the_model(&format!("frame {k} (t = {t:.3})")));
+        }
+        frames.push(tensor_to_pixels(&p).remove(0));
+    }
     imageio::save_png_scaled(&imageio::grid(&frames, frames.len()), &args.out, args.picture.scale)?;
     if let Some(gif) = &args.gif {
         write_gif(&frames, gif)?;
@@ -323,11 +336,19 @@ pub fn resample(args: ResampleArgs) -> Result<usize> {
         .enumerate()
         .map(|(i, z)| (i >= levels - args.keep_levels).then(|| z.repeat([args.n, 1, 1, 1])))
         .collect();
-    let out = glow.decode_partial(&given, &temps, args.seed)?;
+    let (out, finite) = glow.decode_partial_checked(&given, &temps, args.seed)?;
     let mut tiles = vec![loaded[0].1.clone()];
-    tiles.extend(tensor_to_pixels(&out));
+    let mut failed = 0;
+    for (k, (tile, finite)) in tensor_to_pixels(&out).into_iter().zip(finite).enumerate() {
+        if finite {
+            tiles.push(tile);
+        } else {
+            eprintln!("{}: {}", args.image.display(), outside_the_model(&format!("resample {k}")));
+            failed += 1;
+        }
+    }
     imageio::save_png_scaled(&imageio::grid(&tiles, tiles.len().min(9)), &args.out, args.picture.scale)?;
-    Ok(0)
+    Ok(failed)
 }
 
 #[derive(Args)]
@@ -361,12 +382,26 @@ pub fn sheet(args: SheetArgs) -> Result<usize> {
     }
     let pixels: Vec<Pixels> = loaded.iter().map(|(_, p)| p.clone()).collect();
     let latents = glow.encode(&pixels_to_tensor(&pixels))?;
-    let columns: Vec<Vec<Pixels>> = edits
-        .iter()
-        .map(|e| glow.decode(&directions::shift(&latents.z, std::slice::from_ref(e))).map(|p| tensor_to_pixels(&p)))
-        .collect::<Result<_, _>>()?;
-    let tiles: Vec<Pixels> =
-        (0..pixels.len()).flat_map(|row| columns.iter().map(move |col| col[row].clone())).collect();
+    let mut columns: Vec<Vec<Pixels>> = Vec::with_capacity(edits.len());
+    let mut row_ok = vec![true; pixels.len()];
+    for (e, spec) in edits.iter().zip(&specs) {
+        let (p, finite) = glow.decode_checked(&directions::shift(&latents.z, std::slice::from_ref(e)))?;
+        for (row, finite) in finite.into_iter().enumerate() {
+            if !finite {
+                eprintln!("{}: {}", loaded[row].0.display(), outside_the_model(spec));
+                row_ok[row] = false;
+            }
+        }
+        columns.push(tensor_to_pixels(&p));
+    }
+    // A face with any non-finite tile leaves the sheet (its row would hold a black tile); the others still show.
+    let rows: Vec<usize> = (0..pixels.len()).filter(|&r| row_ok[r]).collect();
+    let dropped = row_ok.iter().filter(|ok| !**ok).count();
+    if rows.is_empty() {
+        eprintln!("{}: every face decoded non-finite at some strength: no sheet written", args.out.display());
+        return Ok(failed + dropped);
+    }
+    let tiles: Vec<Pixels> = rows.iter().flat_map(|&row| columns.iter().map(move |col| col[row].clone())).collect();
     imageio::save_png_scaled(&imageio::grid(&tiles, edits.len()), &args.out, args.picture.scale)?;
-    Ok(failed)
+    Ok(failed + dropped)
 }
