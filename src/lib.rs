@@ -16,6 +16,8 @@
 //! - [`kafka`] and [`s3`]: the adapters (jobs source, results and DLQ reporter, offset watermark; the S3 store).
 //! - [`daemon`]: `glowd serve` (Kafka + S3, metrics and health) and the embedded mode `glowd run` (local folders).
 //! - [`tools`]: the pure parts of `glowd submit` and `glowd dataset`.
+//! - [`studio`]: `glowd studio`, a web page over the model (edits, interpolation, samples) and the runs (export,
+//!   submit, progress); a room above the model and the pipeline, like [`daemon`].
 //! - [`cli`]: the `glowd` command line, one file per command group; `main.rs` only calls [`cli::main`].
 //!   [`bench`] prints `glowd bench`'s throughput figures.
 pub mod bench;
@@ -31,6 +33,7 @@ pub mod pipeline;
 pub mod precision;
 pub mod s3;
 pub mod settings;
+pub mod studio;
 pub mod tools;
 pub mod train;
 pub mod worker;

@@ -232,15 +232,19 @@ const FORBIDDEN: [(&str, &[&str]); 6] = [
     ("crate::kafka", &["tch", "aws_sdk_s3"]),
 ];
 
-/// Rooms a room may not refer to.
-const BELOW: [(&str, &[&str]); 7] = [
-    ("crate::model", &["crate::pipeline", "crate::kafka", "crate::s3", "crate::daemon", "crate::cli", "crate::tools", "crate::worker", "crate::job"]),
-    ("crate::job", &["crate::model", "crate::pipeline", "crate::kafka", "crate::s3", "crate::daemon", "crate::cli", "crate::worker"]),
-    ("crate::codec", &["crate::model", "crate::pipeline", "crate::kafka", "crate::s3", "crate::daemon", "crate::cli", "crate::worker", "crate::job"]),
-    ("crate::worker", &["crate::pipeline", "crate::kafka", "crate::s3", "crate::daemon", "crate::cli", "crate::tools"]),
-    ("crate::pipeline", &["crate::model", "crate::kafka", "crate::s3", "crate::daemon", "crate::cli", "crate::tools"]),
-    ("crate::kafka", &["crate::model", "crate::s3", "crate::daemon", "crate::cli", "crate::worker"]),
-    ("crate::s3", &["crate::model", "crate::kafka", "crate::daemon", "crate::cli", "crate::worker"]),
+/// Rooms a room may not refer to. `studio` and `daemon` are the top rooms beside `cli` (which starts them): the
+/// studio may use the model and the pipeline's tools but neither the daemon nor the command line.
+const BELOW: [(&str, &[&str]); 10] = [
+    ("crate::model", &["crate::pipeline", "crate::kafka", "crate::s3", "crate::daemon", "crate::cli", "crate::tools", "crate::worker", "crate::job", "crate::studio"]),
+    ("crate::job", &["crate::model", "crate::pipeline", "crate::kafka", "crate::s3", "crate::daemon", "crate::cli", "crate::worker", "crate::studio"]),
+    ("crate::codec", &["crate::model", "crate::pipeline", "crate::kafka", "crate::s3", "crate::daemon", "crate::cli", "crate::worker", "crate::job", "crate::studio"]),
+    ("crate::worker", &["crate::pipeline", "crate::kafka", "crate::s3", "crate::daemon", "crate::cli", "crate::tools", "crate::studio"]),
+    ("crate::pipeline", &["crate::model", "crate::kafka", "crate::s3", "crate::daemon", "crate::cli", "crate::tools", "crate::studio"]),
+    ("crate::kafka", &["crate::model", "crate::s3", "crate::daemon", "crate::cli", "crate::worker", "crate::studio"]),
+    ("crate::s3", &["crate::model", "crate::kafka", "crate::daemon", "crate::cli", "crate::worker", "crate::studio"]),
+    ("crate::tools", &["crate::daemon", "crate::cli", "crate::studio"]),
+    ("crate::studio", &["crate::daemon", "crate::cli"]),
+    ("crate::daemon", &["crate::studio", "crate::cli"]),
 ];
 
 fn in_room(module: &str, room: &str) -> bool {

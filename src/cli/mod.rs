@@ -6,6 +6,7 @@ mod infer;
 mod model;
 mod picture;
 pub mod pipeline;
+mod studio;
 pub mod tools;
 mod train;
 
@@ -84,6 +85,9 @@ enum Command {
     Compare(picture::CompareArgs),
     /// Encode/decode throughput on a preset with random weights, and this machine's convolution throughput
     Bench(model::BenchArgs),
+    /// A web page to try edits on faces (sliders per attribute), interpolate, sample, export the run's [submit]
+    /// template and command, and watch runs (with --pipeline); `--bench N` prints its slider-to-picture latency
+    Studio(studio::StudioArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -134,5 +138,6 @@ fn run(cli: Cli) -> Result<usize> {
         Command::Dataset(args) => tools::dataset(args),
         Command::Compare(args) => picture::compare(args),
         Command::Bench(args) => model::bench(args),
+        Command::Studio(args) => studio::studio(args),
     }
 }

@@ -8,6 +8,7 @@
 //!   reader), used by `tests/e2e_*.rs` and `tests/kafka_security.rs`;
 //! - `e2e`: the plain dev stack's broker and MinIO as `tests/e2e_*.rs` use them (topics, objects, workloads, results);
 //! - `fault_proxy`: an HTTP fault proxy in front of S3;
+//! - `studio`: a studio in the test process, a held-out face, `glowd edit`'s output for it (`tests/studio_*.rs`);
 //! - `deploy`: reading the deployment artefacts and the facts of the code they deploy (`tests/deploy_*.rs`).
 #![allow(dead_code)]
 pub mod bin;
@@ -17,3 +18,4 @@ pub mod e2e;
 pub mod fault_proxy;
 pub mod model;
 pub mod pipeline;
+pub mod studio;
