@@ -98,6 +98,7 @@ pub fn studio(args: StudioArgs) -> Result<usize> {
         models,
         device: args.runtime.device.clone(),
         threads: args.runtime.threads,
+        precision: args.runtime.precision,
         listen: if args.bench.is_some() { "127.0.0.1:0".into() } else { args.listen.clone() },
         token: args.token.clone().filter(|t| !t.is_empty()),
         images,

@@ -10,6 +10,7 @@ use crate::model::batch::{pixels_to_tensor, tensor_to_pixels};
 use crate::model::device::{device_name, parse_device};
 use crate::model::directions::{self, model_fingerprint, Directions};
 use crate::model::Glow;
+use crate::precision::Precision;
 use crate::worker::{ModelInfo, ModelSpec};
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc;
@@ -81,7 +82,7 @@ pub struct Engine {
 
 impl Engine {
     /// Loads every model on a thread of its own and returns once they are ready (or the first load error).
-    pub fn start(specs: Vec<ModelSpec>, device: &str, threads: i32) -> Result<Engine, String> {
+    pub fn start(specs: Vec<ModelSpec>, device: &str, threads: i32, precision: Precision) -> Result<Engine, String> {
         let (tx, rx) = mpsc::channel::<Request>();
         let (ready_tx, ready_rx) = mpsc::channel();
         let device = device.to_string();
@@ -92,7 +93,7 @@ impl Engine {
                 if threads > 0 {
                     tch::set_num_threads(threads);
                 }
-                match load(&specs, &device) {
+                match load(&specs, &device, precision) {
                     Ok((dev, loaded, infos)) => {
                         let _ = ready_tx.send(Ok((dev, infos)));
                         serve(rx, &loaded);
@@ -139,13 +140,13 @@ impl Engine {
     }
 }
 
-fn load(specs: &[ModelSpec], device: &str) -> Result<(String, Vec<Loaded>, Vec<ModelInfo>), String> {
+fn load(specs: &[ModelSpec], device: &str, precision: Precision) -> Result<(String, Vec<Loaded>, Vec<ModelInfo>), String> {
     let dev = parse_device(device).map_err(|e| e.to_string())?;
     let mut loaded = Vec::new();
     let mut infos = Vec::new();
     for spec in specs {
         let fail = |e: String| format!("model {} {} ({}): {e}", spec.name, spec.version, spec.path.display());
-        let glow = Glow::load(&spec.path, dev).map_err(|e| fail(e.to_string()))?;
+        let glow = Glow::load(&spec.path, dev).map_err(|e| fail(e.to_string()))?.with_precision(precision);
         let directions = Directions::load(&spec.path, &glow.config).map_err(|e| fail(e.to_string()))?;
         let fingerprint = model_fingerprint(&spec.path).map_err(|e| fail(e.to_string()))?;
         let c = &glow.config;

@@ -189,7 +189,7 @@ async fn info(State(s): State<Shared>) -> Json<Value> {
             .max_by_key(|(i, m)| (!m.attributes.is_empty(), m.image_size, std::cmp::Reverse(*i)))
             .map(|(i, _)| i).unwrap_or(0),
         "device": s.engine.device,
-        "precision": "fp32",
+        "precision": o.precision.as_str(),
         "max_strength": o.max_strength,
         "step": 0.05,
         "gate": { "max_bits_per_dim": o.gate.max_bits_per_dim, "action": o.gate.action },

@@ -64,8 +64,8 @@ pub async fn start(opts: Options) -> Result<Studio, String> {
         .iter()
         .map(|r| r.canonicalize().map_err(|e| format!("--images {}: {e}", r.display())))
         .collect::<Result<Vec<_>, _>>()?;
-    let (specs, device, threads) = (opts.models.clone(), opts.device.clone(), opts.threads);
-    let engine = tokio::task::spawn_blocking(move || Engine::start(specs, &device, threads))
+    let (specs, device, threads, precision) = (opts.models.clone(), opts.device.clone(), opts.threads, opts.precision);
+    let engine = tokio::task::spawn_blocking(move || Engine::start(specs, &device, threads, precision))
         .await
         .map_err(|e| e.to_string())??;
     let services = match &opts.pipeline {

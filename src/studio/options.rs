@@ -9,6 +9,8 @@ pub struct Options {
     pub models: Vec<ModelSpec>,
     /// `cpu`, `cuda`, `cuda:N`, `auto`.
     pub device: String,
+    /// fp32, or bf16 coupling networks (`--precision`, as every model command takes it).
+    pub precision: crate::precision::Precision,
     /// Torch CPU threads (0: torch's default).
     pub threads: i32,
     /// `127.0.0.1:8787`; port 0 picks a free one.

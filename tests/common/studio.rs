@@ -25,6 +25,7 @@ pub fn options() -> Options {
         models: discover_models(&face_model()).expect("models/celeba-32"),
         device: "cpu".into(),
         threads: 0,
+        precision: glowd::precision::Precision::Fp32,
         listen: "127.0.0.1:0".into(),
         token: None,
         images: ImageSettings { crop: Some(CROP), resize: true, ..ImageSettings::default() },
