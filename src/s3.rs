@@ -133,7 +133,7 @@ fn store_error(status: Option<u16>, message: String) -> StoreError {
         Some(400) if message.starts_with(DAMAGED) => StoreError::Transient(format!("HTTP 400: {message}")),
         Some(404) => StoreError::NotFound,
         Some(401 | 403) => StoreError::Denied(message),
-        Some(400) => StoreError::Denied(format!("bad request: {message}")),
+        Some(400) => StoreError::Refused(format!("bad request: {message}")),
         _ => StoreError::Transient(match status {
             Some(s) => format!("HTTP {s}: {message}"),
             None => message,

@@ -461,3 +461,98 @@ fn garage_ignores_conditional_writes_and_is_refused_at_start() {
     assert!(stored.is_ok(), "the probe {probe} is not in Garage: {stored:?}");
     println!("garage {}: refused after {:.1} s, {status}", garage["GARAGE_S3_ENDPOINT"], after.as_secs_f64());
 }
+
+/// Which of the daemon's accesses the fault proxy denies.
+#[derive(Clone, Copy, Debug)]
+enum Deny {
+    Reads,
+    Writes,
+}
+
+/// Issue 16 item 4: a store that denies the daemon's own access (`403 AccessDenied` to every GET, or every PUT, as
+/// after a rotated key, a bad bucket policy or a disabled KMS key) for `seconds` while `count` mixed jobs are
+/// queued. It is an outage of the daemon's access, not `count` bad jobs: nothing is dead-lettered (the retry
+/// budget is 30 s, shorter than the denial), `/readyz` fails from the first denial until the store serves again,
+/// saying why, `glowd_store_denied` is 1 meanwhile, and every job is done afterwards, every offset committed. A
+/// third of the jobs are samples, which read nothing: while reads are denied their writes are served, and that
+/// must not make the denied reads look like the jobs' fault.
+fn store_denies_the_daemon_for_a_while(test: &str, deny: Deny, seconds: u64, count: usize) {
+    let Workload { tmp, n, model, rt, ids, jobs, .. } = workload(test, &[], count);
+    let proxy = fault_proxy::FaultProxy::start(&minio_host_port(), fault_proxy::Faults::default(), 3);
+    let port = free_port();
+    let cfg = config(tmp.path(), &n, &model, port);
+    s3_endpoint(&cfg, proxy.port);
+    let daemon = start_daemon(&cfg, &tmp.path().join("daemon.log"), port);
+    let switch = match deny {
+        Deny::Reads => &proxy.switches.deny_get,
+        Deny::Writes => &proxy.switches.deny_put,
+    };
+    switch.store(true, std::sync::atomic::Ordering::SeqCst);
+    rt.block_on(produce(&n.jobs, &jobs));
+    // /readyz every 250 ms while the store denies: 503 from the first denial on, never 200 again until it serves.
+    let t0 = Instant::now();
+    let mut seen: Vec<(f64, u16, String)> = Vec::new();
+    let mut metrics_during = String::new();
+    while t0.elapsed() < Duration::from_secs(seconds) {
+        if let Some((status, body)) = http_get(port, "/readyz") {
+            seen.push((t0.elapsed().as_secs_f64(), status, body));
+        }
+        if metrics_during.is_empty() && t0.elapsed() > Duration::from_secs(seconds / 2) {
+            metrics_during = http_get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let dlq_during = consume(&n.dlq, 1, Duration::from_secs(2), Duration::ZERO);
+    switch.store(false, std::sync::atomic::Ordering::SeqCst);
+    let lifted = Instant::now();
+    let done = read_results(&n.results, &ids, Duration::from_secs(900), |_| {});
+    let all_done = lifted.elapsed();
+    let committed_all = wait_committed(&n, ids.len() as i64, Duration::from_secs(60));
+    let ready_after = http_get(port, "/readyz");
+    let metrics_after = http_get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
+    // All of them, to count them (none are expected: this waits the 5 s out).
+    let dlq = consume(&n.dlq, ids.len(), Duration::from_secs(5), Duration::ZERO);
+    let log = daemon.log_text();
+    let counts = proxy.counts.summary();
+    let first_503 = seen.iter().position(|(_, s, _)| *s == 503);
+    let ready_again: Vec<f64> =
+        first_503.map(|i| seen[i..].iter().filter(|(_, s, _)| *s == 200).map(|(t, _, _)| *t).collect()).unwrap_or_default();
+    println!(
+        "{test}: {count} jobs, {deny:?} denied for {seconds} s ({counts}); /readyz 503 from {:.1} s, {} probes, {} ready \
+         in between; dead letters during {} and in all {}; all done {:.1} s after the store served again",
+        first_503.map(|i| seen[i].0).unwrap_or(f64::NAN),
+        seen.len(),
+        ready_again.len(),
+        dlq_during.len(),
+        dlq.len(),
+        all_done.as_secs_f64()
+    );
+    assert!(daemon.stop().success(), "{log}");
+    let letters: Vec<String> = dlq.iter().take(3).map(|r| format!("{:?}", r.headers)).collect();
+    assert!(dlq.is_empty(), "{} dead letters for a denial of the daemon's access, e.g. {letters:?}\n{counts}", dlq.len());
+    assert!(proxy.counts.denied.load(std::sync::atomic::Ordering::Relaxed) > 0, "nothing denied: {counts}");
+    let i = first_503.unwrap_or_else(|| panic!("/readyz never failed while the store denied: {seen:?}\n{log}"));
+    assert!(seen[i].0 < 10.0, "/readyz failed only {:.1} s into the denial", seen[i].0);
+    assert!(seen[i].2.starts_with("object store: "), "{:?}", seen[i]);
+    assert!(ready_again.is_empty(), "/readyz said ready while the store still denied, at {ready_again:?} s");
+    assert!(metrics_during.contains("glowd_store_denied 1"), "{metrics_during}");
+    assert_eq!(done.len(), ids.len(), "jobs not done after the store served again\n{log}");
+    assert_eq!(committed_all, ids.len() as i64);
+    assert_eq!(ready_after.map(|(s, _)| s), Some(200), "not ready after the store served again");
+    assert!(metrics_after.contains("glowd_store_denied 0"), "{metrics_after}");
+}
+
+/// The issue's test: 403 to every GET for 60 s with 1,000 jobs queued. `GLOWD_DENIED_JOBS` scales the count.
+#[test]
+fn a_store_denying_every_read_for_a_minute_dead_letters_nothing_and_fails_readiness() {
+    let _serial = serial();
+    let count = std::env::var("GLOWD_DENIED_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    store_denies_the_daemon_for_a_while("deniedreads", Deny::Reads, 60, count);
+}
+
+/// The same for writes (before: the first 403 on a PUT stopped the daemon, exit non-zero), 20 s with 90 jobs.
+#[test]
+fn a_store_denying_every_write_for_a_while_dead_letters_nothing_and_fails_readiness() {
+    let _serial = serial();
+    store_denies_the_daemon_for_a_while("deniedwrites", Deny::Writes, 20, 90);
+}

@@ -435,3 +435,76 @@ fn credentials_never_appear_in_logs_at_trace_level() {
         assert!(!all.contains(canary) && !all.contains(secret.as_str()));
     }
 }
+
+/// A flat-colour 16-bit RGBA PNG: `w × h × 8` bytes decoded, a few hundred kB compressed.
+fn flat_rgba16_png(w: u32, h: u32) -> Vec<u8> {
+    let img = image::ImageBuffer::<image::Rgba<u16>, _>::from_pixel(w, h, image::Rgba([30_000, 20_000, 10_000, 65_535]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgba16(img).write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// A process's peak resident set (`VmHWM` in /proc), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"));
+    kb * 1024
+}
+
+/// Issue 16 item 3: decoded-image memory is bounded by `limits.max_in_flight_decoded_bytes`, reserved from each
+/// image's header before it is decoded. 16 encode jobs of one flat 4096x4096 16-bit RGBA PNG (about 0.5 MB in S3,
+/// 128 MiB decoded, 256 MiB with the crop copy) and a 400 MiB budget: one decode at a time, so the daemon's peak
+/// RSS (`VmHWM`) grows by less than the budget over what it was when ready (before: all 16 decoded at once, as
+/// many as `max_in_flight_jobs`). An interpolation of two such images (512 MiB) is over the whole budget and
+/// dead-lettered `over_decode_budget` from the headers.
+#[test]
+fn flat_16_bit_pngs_decode_within_the_decode_budget() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let n = names("decodebudget");
+    let model = common::pipeline::model_with_directions(tmp.path());
+    let rt = runtime();
+    rt.block_on(create_topics(&n));
+    let client = rt.block_on(s3());
+    let png = flat_rgba16_png(4096, 4096);
+    let compressed = png.len();
+    rt.block_on(put(&client, &format!("{}/flat16.png", n.inputs), png));
+    let input = format!("s3://{}/{}/flat16.png", bucket(), n.inputs);
+    let ids: Vec<String> = (0..16).map(|i| format!("big-{i}")).collect();
+    let mut jobs: Vec<String> = ids.iter().map(|id| job(id, "encode", json!({"input": input}))).collect();
+    jobs.push(job("big-pair", "interpolate", json!({"inputs": [input, input], "frames": 3})));
+    let budget: u64 = 400 * 1024 * 1024;
+    let port = free_port();
+    let cfg = config(tmp.path(), &n, &model, port);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("[limits]\n", &format!("[limits]\nmax_in_flight_decoded_bytes = {budget}\n"));
+    std::fs::write(&cfg, text).unwrap();
+    let daemon = start_daemon(&cfg, &tmp.path().join("daemon.log"), port);
+    let pid = daemon.child.id();
+    let at_ready = peak_rss(pid);
+    let t0 = Instant::now();
+    rt.block_on(produce(&n.jobs, &jobs));
+    let seen = done_results(&n.results, &ids, Duration::from_secs(600));
+    let took = t0.elapsed();
+    let dlq = consume(&n.dlq, 1, Duration::from_secs(60), Duration::from_secs(1));
+    let peak = peak_rss(pid);
+    let log = daemon.log_text();
+    assert!(daemon.stop().success(), "{log}");
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "decode budget: 16 jobs of a {compressed}-byte 4096x4096 16-bit RGBA PNG in {:.1} s; peak RSS {:.0} MiB, \
+         {:.0} MiB when ready: grew {:.0} MiB under a {:.0} MiB decode budget",
+        took.as_secs_f64(),
+        mib(peak),
+        mib(at_ready),
+        mib(peak.saturating_sub(at_ready)),
+        mib(budget)
+    );
+    assert_eq!(seen.len(), ids.len(), "{log}");
+    assert_eq!(dlq.len(), 1, "{log}");
+    assert_eq!(dlq[0].headers.get("glowd.error.kind").map(String::as_str), Some("over_decode_budget"), "{:?}", dlq[0].headers);
+    assert!(peak.saturating_sub(at_ready) < budget, "peak RSS grew {:.0} MiB, over the {:.0} MiB budget", mib(peak - at_ready), mib(budget));
+}

@@ -1,5 +1,6 @@
 //! `/metrics` (Prometheus text), `/healthz` (liveness: the poll loop is turning) and `/readyz` (models loaded, the
-//! S3 self-test passed, a Kafka broker reachable, not draining).
+//! S3 self-test passed, a Kafka broker reachable, the object store not denying the daemon's requests, not
+//! draining).
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -20,6 +21,8 @@ pub struct Health {
     pub draining: Arc<AtomicBool>,
     /// The consumer's state, once it has started.
     pub source: Arc<std::sync::OnceLock<Arc<crate::kafka::SourceState>>>,
+    /// The object store's answers to the daemon, once the pipeline has started: not ready while it denies them.
+    pub store: Arc<std::sync::OnceLock<Arc<crate::pipeline::StoreHealth>>>,
 }
 
 pub fn router(h: Health) -> Router {
@@ -53,6 +56,9 @@ async fn readyz(State(h): State<Health>) -> (StatusCode, String) {
     if let Some(reason) = h.source.get().and_then(|s| s.not_ready_reason()) {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"));
     }
+    if let Some(reason) = h.store.get().and_then(|s| s.not_ready_reason()) {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"));
+    }
     (StatusCode::OK, "ready\n".into())
 }
 
@@ -81,6 +87,7 @@ mod tests {
             ready: Arc::new(AtomicBool::new(true)),
             draining: Arc::new(AtomicBool::new(false)),
             source: Default::default(),
+            store: Default::default(),
         }
     }
 
@@ -126,6 +133,15 @@ mod tests {
         state.brokers_down.store(true, Ordering::Relaxed);
         assert_eq!(readyz(State(h.clone())).await.1, "kafka: no broker reachable\n");
         state.brokers_down.store(false, Ordering::Relaxed);
+        assert_eq!(readyz(State(h.clone())).await.0, StatusCode::OK);
+        let store = Arc::new(crate::pipeline::StoreHealth::default());
+        h.store.set(store.clone()).ok().unwrap();
+        let scope = crate::pipeline::StoreScope::read("glowd");
+        store.denied(&scope, "AccessDenied");
+        let (status, body) = readyz(State(h.clone())).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.starts_with("object store: read access to bucket glowd denied for"), "{body}");
+        store.served(&scope);
         assert_eq!(readyz(State(h.clone())).await.0, StatusCode::OK);
         h.draining.store(true, Ordering::Relaxed);
         assert_eq!(readyz(State(h)).await, (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_string()));

@@ -81,11 +81,13 @@ pub fn serve(config_path: &Path) -> Result<RunSummary, StartError> {
             ready: Arc::new(AtomicBool::new(false)),
             draining: Arc::new(AtomicBool::new(false)),
             source: Default::default(),
+            store: Default::default(),
         };
         let addr = http::serve(&checked.file.http.listen, health.clone()).await.map_err(StartError::Http)?;
         tracing::info!(addr = %addr, "http listening (not ready yet)");
         let started = start(&checked).await?;
         let _ = health.source.set(started.source.state.clone());
+        let _ = health.store.set(started.pipeline.store_health());
         health.ready.store(true, Ordering::SeqCst);
         run_until_stopped(started, &health.draining).await
     })

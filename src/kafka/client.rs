@@ -17,6 +17,9 @@ pub fn client_config(k: &KafkaSettings) -> Result<ClientConfig, String> {
         if OWN_PROPERTIES.contains(&key.as_str()) {
             return Err(format!("kafka.properties.{key}: set by the daemon, cannot be overridden"));
         }
+        if key == "group.instance.id" {
+            return Err(format!("kafka.properties.{key}: set kafka.instance_id instead"));
+        }
         c.set(key, value);
     }
     Ok(c)
@@ -63,6 +66,9 @@ pub(super) fn fatal_error(error: &rdkafka::error::KafkaError, reason: &str, sasl
             let sasl = sasl.map(|s| format!(" ({s})")).unwrap_or_else(|| " (SASL)".into());
             Some(format!("authentication failed{sasl} for {broker}: {detail}"))
         }
+        // librdkafka's fatal errors leave the client unusable: for a consumer, another one with the same
+        // group.instance.id fenced it (static membership), which waiting cannot mend.
+        C::Fatal => Some(format!("fatal client error from {broker}: {detail}")),
         C::SSL => {
             let lower = detail.to_ascii_lowercase();
             if lower.contains("verif") || lower.contains("certificate") {

@@ -14,8 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// How long closing serves the revocation callback of leaving the group.
+/// How long closing serves the revocation callback of leaving the group and waits for the leave to be sent.
 const LEAVE_WAIT: Duration = Duration::from_secs(3);
+/// After the leave is queued, how long closing keeps the client alive for it to be written.
+const LEAVE_FLUSH: Duration = Duration::from_millis(200);
 
 /// Liveness and state shared with the HTTP endpoints and the daemon.
 #[derive(Default)]
@@ -218,6 +220,14 @@ impl KafkaSource {
         let state = Arc::new(SourceState::default());
         let mut config = client_config(k)?;
         config.set("group.id", &k.group).set("enable.auto.commit", "true").set("enable.auto.offset.store", "false");
+        if let Some(id) = &k.instance_id {
+            let id = id.trim();
+            if id.is_empty() {
+                return Err("kafka.instance_id is empty (unset it for a dynamic member)".into());
+            }
+            config.set("group.instance.id", id);
+            tracing::info!(instance_id = id, "kafka: static group membership");
+        }
         // KIP-848 (`group.protocol=consumer`): the broker assigns, incrementally; a client-side assignor is then
         // refused by librdkafka, so the classic protocol's cooperative-sticky default applies to it alone.
         if !config.get("group.protocol").is_some_and(|p| p.eq_ignore_ascii_case("consumer")) {
@@ -529,11 +539,38 @@ impl Poller {
             }
         }
         self.consumer.unsubscribe();
-        // Serve the revocation callback of leaving the group.
+        // Serve the revocation callback of leaving the group, then wait for the leave itself: librdkafka sends it
+        // once the unassignment is done, and a static member (`kafka.instance_id`) destroyed before that never
+        // leaves (KIP-345: a static member does not leave on close), holding its partitions until its session
+        // times out. A member id of "" says the leave is on its way.
         let deadline = Instant::now() + LEAVE_WAIT;
-        while Instant::now() < deadline && self.consumer.assignment().map(|a| a.count() > 0).unwrap_or(false) {
+        while Instant::now() < deadline
+            && (self.consumer.assignment().map(|a| a.count() > 0).unwrap_or(false) || !member_id(&self.consumer).is_empty())
+        {
             let _ = self.consumer.poll(Duration::from_millis(50));
         }
-        tracing::info!("kafka consumer closed");
+        let left = member_id(&self.consumer).is_empty();
+        // The LeaveGroup request is queued for the coordinator's connection: a moment for it to be written.
+        let flush = Instant::now() + LEAVE_FLUSH;
+        while Instant::now() < flush {
+            let _ = self.consumer.poll(Duration::from_millis(50));
+        }
+        tracing::info!(left, "kafka consumer closed");
+    }
+}
+
+/// The consumer's group member id: "" before it has joined and once it has left.
+fn member_id<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> String {
+    let rk = consumer.client().native_ptr();
+    // SAFETY: `rk` is the live client; rd_kafka_memberid returns NULL or a NUL-terminated copy that the caller owns
+    // and frees with rd_kafka_mem_free.
+    unsafe {
+        let p = rdkafka::bindings::rd_kafka_memberid(rk);
+        if p.is_null() {
+            return String::new();
+        }
+        let id = std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned();
+        rdkafka::bindings::rd_kafka_mem_free(rk, p.cast());
+        id
     }
 }

@@ -22,14 +22,31 @@ fn format_name(f: ImageFormat) -> &'static str {
     }
 }
 
-/// Decodes `bytes` (read from `label`, an s3:// URI, used in messages) to `channels × size × size` planes.
-pub fn decode_image(
-    bytes: &[u8],
-    settings: &ImageSettings,
-    channels: u8,
-    size: u32,
-    label: &str,
-) -> Result<Pixels, StageError> {
+/// What an image's header says, read before any pixel is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub width: u32,
+    pub height: u32,
+    /// The decoder's output buffer: width × height × bytes per pixel of the decoded colour type (a 4096x4096
+    /// 16-bit RGBA PNG: 128 MiB, however small the file).
+    pub decoded_bytes: u64,
+}
+
+impl Header {
+    /// What decoding and fitting this image holds at its peak: the decoder's buffer and the one copy that cropping
+    /// (the crop box, or the centre crop before the resize) makes of it; the resized result is the model's size.
+    pub fn peak_bytes(&self) -> u64 {
+        self.decoded_bytes.saturating_mul(2)
+    }
+}
+
+/// The checks that need only the bytes and the header: size, format, dimensions. Allocates nothing in proportion
+/// to the image.
+pub fn read_header(bytes: &[u8], settings: &ImageSettings, label: &str) -> Result<Header, StageError> {
+    Ok(checked_header(bytes, settings, label)?.0)
+}
+
+fn checked_header(bytes: &[u8], settings: &ImageSettings, label: &str) -> Result<(Header, ImageFormat, Limits), StageError> {
     let dead = |kind, m: String| StageError::dead(kind, Stage::Decode, format!("{label}: {m}"));
     if bytes.is_empty() {
         return Err(dead(ErrorKind::EmptyInput, "the object is empty (0 bytes)".into()));
@@ -51,13 +68,12 @@ pub fn decode_image(
     limits.max_image_width = Some(settings.max_side);
     limits.max_image_height = Some(settings.max_side);
     limits.max_alloc = Some(settings.max_decode_bytes);
-    let reader = |limits: Limits| {
-        let mut r = ImageReader::with_format(Cursor::new(bytes), format);
-        r.limits(limits);
-        r
-    };
     // The header first: a small file declaring a huge image is refused before any allocation.
-    let (w, h) = reader(limits.clone()).into_dimensions().map_err(|e| map_image_error(e, label))?;
+    let mut r = ImageReader::with_format(Cursor::new(bytes), format);
+    r.limits(limits.clone());
+    let decoder = r.into_decoder().map_err(|e| map_image_error(e, label))?;
+    let (w, h) = image::ImageDecoder::dimensions(&decoder);
+    let decoded_bytes = image::ImageDecoder::total_bytes(&decoder);
     if w == 0 || h == 0 {
         return Err(dead(ErrorKind::CorruptImage, format!("{w}x{h} image")));
     }
@@ -67,7 +83,21 @@ pub fn decode_image(
             format!("{w}x{h} image, over the limits ({} pixels, {} per side)", settings.max_pixels, settings.max_side),
         ));
     }
-    let img = reader(limits).decode().map_err(|e| map_image_error(e, label))?;
+    Ok((Header { width: w, height: h, decoded_bytes }, format, limits))
+}
+
+/// Decodes `bytes` (read from `label`, an s3:// URI, used in messages) to `channels × size × size` planes.
+pub fn decode_image(
+    bytes: &[u8],
+    settings: &ImageSettings,
+    channels: u8,
+    size: u32,
+    label: &str,
+) -> Result<Pixels, StageError> {
+    let (_, format, limits) = checked_header(bytes, settings, label)?;
+    let mut r = ImageReader::with_format(Cursor::new(bytes), format);
+    r.limits(limits);
+    let img = r.decode().map_err(|e| map_image_error(e, label))?;
     let fit = Fit { crop: settings.crop.map(|[l, t, r, b]| (l, t, r, b)), resize: settings.resize };
     image_to_pixels(img, Path::new(label), channels, size, fit).map_err(|e| match e {
         ImageError::WrongChannels { .. } => StageError::dead(ErrorKind::WrongChannels, Stage::Decode, e.to_string()),
@@ -119,6 +149,17 @@ mod tests {
         assert_eq!(kind(&gif.into_inner()), "unsupported_format");
         assert!(decode_image(&good, &s, 3, 8, "s3://b/k").is_ok());
         assert_eq!(decode_image(&good, &s, 1, 8, "s3://b/k").unwrap_err().kind, "wrong_channels");
+    }
+
+    #[test]
+    fn the_header_gives_the_decoded_size_of_a_16_bit_image_before_decoding() {
+        let img = image::ImageBuffer::<image::Rgba<u16>, _>::from_pixel(100, 60, image::Rgba([1, 2, 3, 4]));
+        let mut out = Cursor::new(Vec::new());
+        image::DynamicImage::ImageRgba16(img).write_to(&mut out, ImageFormat::Png).unwrap();
+        let h = read_header(&out.into_inner(), &settings(), "s3://b/k").unwrap();
+        assert_eq!((h.width, h.height, h.decoded_bytes), (100, 60, 100 * 60 * 8));
+        assert_eq!(h.peak_bytes(), 2 * 100 * 60 * 8);
+        assert_eq!(read_header(&png(8, 8), &settings(), "k").unwrap().decoded_bytes, 8 * 8 * 3);
     }
 
     #[test]

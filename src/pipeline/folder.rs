@@ -32,9 +32,7 @@ impl Pipeline {
             .map_err(|e| StageError::fatal(ErrorKind::Internal, Stage::Encode, e.to_string()))?;
         bytes.push(b'\n');
         let put = self.outputs.put_if_absent(bucket, key, bytes.clone(), "application/json").await;
-        if !matches!(put, Err(StoreError::Transient(_))) {
-            self.note_store_answer();
-        }
+        self.note_store_answer(&StoreScope::write(bucket), &put);
         match put {
             Ok(PutOutcome::Created) => serde_json::from_slice(&bytes)
                 .map_err(|e| StageError::fatal(ErrorKind::Internal, Stage::Encode, format!("{key}: {e}"))),
@@ -43,7 +41,10 @@ impl Pipeline {
                 Some(found) => Err(conflict(&claim.job, key, &found, &claim.work, Stage::Put)),
                 None => Err(StageError::retry(ErrorKind::PutError, Stage::Put, format!("{key}: exists, then vanished"))),
             },
-            Err(StoreError::Denied(m)) => Err(StageError::fatal(ErrorKind::AccessDenied, Stage::Put, format!("{key}: {m}"))),
+            Err(StoreError::Denied(m)) => {
+                Err(StageError::denied(Stage::Put, StoreScope::write(bucket), format!("{key}: access denied: {m}")))
+            }
+            Err(StoreError::Refused(m)) => Err(StageError::fatal(ErrorKind::AccessDenied, Stage::Put, format!("{key}: {m}"))),
             Err(e) => Err(StageError::retry(ErrorKind::PutError, Stage::Put, format!("{key}: {e}"))),
         }
     }
@@ -63,11 +64,8 @@ impl Pipeline {
     async fn read_record(&self, bucket: &str, key: &str, stage: Stage) -> Result<Option<StoredRecord>, StageError> {
         let limit = self.settings.output.max_readback_bytes;
         let got = self.outputs.get(bucket, key, limit).await;
-        // A refused read is not counted as an answer: when every read is refused (a rotated key, a bad policy) the
-        // jobs wait as in an outage rather than use up their budgets.
-        if !matches!(got, Err(StoreError::Transient(_) | StoreError::Denied(_))) {
-            self.note_store_answer();
-        }
+        // A denied read counts like an outage of the daemon's read access, not as an answer (store_health).
+        self.note_store_answer(&StoreScope::read(bucket), &got);
         let foreign = |what: String| StageError::dead(ErrorKind::IdConflict, stage, format!("{key}: {what}: the job's folder holds something that is not its work"));
         match got {
             Ok(bytes) => match serde_json::from_slice::<StoredRecord>(&bytes) {
@@ -77,6 +75,9 @@ impl Pipeline {
             Err(StoreError::NotFound) => Ok(None),
             Err(StoreError::TooLarge { size, limit }) => {
                 Err(foreign(format!("{size} bytes, over output.max_readback_bytes ({limit})")))
+            }
+            Err(StoreError::Denied(m)) => {
+                Err(StageError::denied(stage, StoreScope::read(bucket), format!("{key}: reading it: access denied: {m}")))
             }
             Err(e) => Err(StageError::retry(ErrorKind::PutError, Stage::Put, format!("{key}: reading it: {e}"))),
         }

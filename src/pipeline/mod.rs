@@ -26,6 +26,7 @@ mod prepare;
 pub mod report;
 mod stage_io;
 pub mod store;
+pub mod store_health;
 
 pub use envelope::{Ack, Envelope};
 pub use error::StageError;
@@ -33,6 +34,7 @@ use prepare::{encode_outputs, prepare};
 pub use report::{DeadLetter, JsonlReporter, Reporter};
 pub use crate::settings::PipelineSettings;
 pub use store::{LocalStore, ObjectStore, PutOutcome, StoreError};
+pub use store_health::{StoreHealth, StoreScope};
 
 use crate::codec::image::Pixels;
 use crate::job::{
@@ -95,6 +97,8 @@ pub struct Pipeline {
     fetch_permits: Arc<Semaphore>,
     /// In KiB, so the permit count fits tokio's u32 `acquire_many`.
     byte_permits: Arc<Semaphore>,
+    /// `limits.max_in_flight_decoded_bytes`, in KiB.
+    decode_permits: Arc<Semaphore>,
     put_permits: Arc<Semaphore>,
     /// Cancelled to abandon work in flight (after the drain deadline, or on a fatal error).
     abandon: CancellationToken,
@@ -102,11 +106,10 @@ pub struct Pipeline {
     intake: CancellationToken,
     fatal: Mutex<Option<StageError>>,
     counters: Counters,
-    /// When the object stores last answered a request (any answer but a transient failure), in milliseconds since
-    /// `epoch`, plus one (0: never). The retry budget of a fetch or a write only runs while the store answers
-    /// something: during an outage nothing is the job's fault, so nothing uses up its budget.
-    store_answered_ms: AtomicU64,
-    epoch: Instant,
+    /// What the object stores' answers say about the daemon's own access: the retry budget of a fetch or a write
+    /// only runs while the store answers something (during an outage nothing is the job's fault), and a denied
+    /// request's budget only while the store serves that kind of request to that bucket.
+    store_health: Arc<StoreHealth>,
 }
 
 
@@ -138,10 +141,10 @@ impl Pipeline {
             }
             models.push((info.clone(), queue));
         }
-        let kib = settings.limits.max_in_flight_bytes.div_ceil(1024).clamp(1, u32::MAX as u64) as usize;
         Ok(Arc::new(Pipeline {
             fetch_permits: Arc::new(Semaphore::new(settings.limits.fetch_concurrency)),
-            byte_permits: Arc::new(Semaphore::new(kib)),
+            byte_permits: Arc::new(Semaphore::new(kib(settings.limits.max_in_flight_bytes) as usize)),
+            decode_permits: Arc::new(Semaphore::new(kib(settings.limits.max_in_flight_decoded_bytes) as usize)),
             put_permits: Arc::new(Semaphore::new(settings.limits.put_concurrency)),
             settings,
             parser,
@@ -153,9 +156,13 @@ impl Pipeline {
             intake: CancellationToken::new(),
             fatal: Mutex::new(None),
             counters: Counters::default(),
-            store_answered_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
+            store_health: Arc::new(StoreHealth::default()),
         }))
+    }
+
+    /// The object stores' answers to the daemon (for `/readyz`).
+    pub fn store_health(&self) -> Arc<StoreHealth> {
+        self.store_health.clone()
     }
 
     pub fn settings(&self) -> &PipelineSettings {
@@ -440,6 +447,11 @@ impl Pipeline {
 
     /// Fetches the job's inputs and decodes them to the model's pixels. The returned permit holds the job's share
     /// of `max_in_flight_bytes` until the job is done with its inputs.
+    ///
+    /// Both memory budgets hold before the memory is taken: the job reserves `images.max_input_bytes` per input
+    /// (at most the whole `max_in_flight_bytes`) before it reads any and gives back what its inputs did not take;
+    /// then it reserves its images' decoded size, read from their headers, in `max_in_flight_decoded_bytes`
+    /// before any pixel is decoded, and gives it back once the pixels are the model's size.
     async fn fetch_and_decode(
         &self,
         job: &Job,
@@ -447,31 +459,59 @@ impl Pipeline {
         timings: &mut Timings,
     ) -> Result<(Vec<Pixels>, tokio::sync::OwnedSemaphorePermit), (StageError, u32)> {
         let t = Instant::now();
+        let inputs = job.inputs();
+        let limits = &self.settings.limits;
+        let reserve = (inputs.len() as u64).saturating_mul(self.settings.images.max_input_bytes);
+        let reserve = kib(reserve).min(kib(limits.max_in_flight_bytes));
+        let mut bytes_permit = tokio::select! {
+            _ = self.abandon.cancelled() => return Err((StageError::abandoned(Stage::Fetch), 1)),
+            p = self.byte_permits.clone().acquire_many_owned(reserve) => p.expect("never closed"),
+        };
         let mut blobs = Vec::new();
-        for uri in job.inputs() {
+        for uri in inputs {
             let bytes = self.retrying(|| self.fetch(&uri.bucket, &uri.key)).await?;
             blobs.push((uri.to_string(), bytes));
         }
         Self::stage_time(&mut timings.fetch_seconds, t, "fetch");
-        let total: usize = blobs.iter().map(|(_, b)| b.len()).sum();
-        let kib = (total.div_ceil(1024) as u64).clamp(1, self.settings.limits.max_in_flight_bytes.div_ceil(1024).max(1))
-            as u32;
-        let bytes_permit = tokio::select! {
-            _ = self.abandon.cancelled() => return Err((StageError::abandoned(Stage::Fetch), 1)),
-            p = self.byte_permits.clone().acquire_many_owned(kib) => p.expect("never closed"),
-        };
-        let t = Instant::now();
+        let total: u64 = blobs.iter().map(|(_, b)| b.len() as u64).sum();
+        let taken = kib(total).min(reserve) as usize;
+        if bytes_permit.num_permits() > taken {
+            drop(bytes_permit.split(bytes_permit.num_permits() - taken));
+        }
+
         let settings = self.settings.images.clone();
+        let mut peak = 0u64;
+        for (label, bytes) in &blobs {
+            let header = decode::read_header(bytes, &settings, label).map_err(|e| (e, 1))?;
+            peak = peak.saturating_add(header.peak_bytes());
+        }
+        let budget = limits.max_in_flight_decoded_bytes;
+        if peak > budget {
+            let m = format!(
+                "decoding needs {peak} bytes (twice the decoded images: the decoder's buffer and the crop copy), over \
+                 limits.max_in_flight_decoded_bytes = {budget}"
+            );
+            return Err((StageError::dead(ErrorKind::OverDecodeBudget, Stage::Decode, m), 1));
+        }
+        let decode_permit = tokio::select! {
+            _ = self.abandon.cancelled() => return Err((StageError::abandoned(Stage::Decode), 1)),
+            p = self.decode_permits.clone().acquire_many_owned(kib(peak)) => p.expect("never closed"),
+        };
+        metrics::gauge!("glowd_decode_reserved_bytes").increment(peak as f64);
+        let t = Instant::now();
         let (channels, size) = (info.channels, info.image_size);
-        let images = tokio::task::spawn_blocking(move || {
+        let decoded = tokio::task::spawn_blocking(move || {
             blobs
                 .iter()
                 .map(|(label, bytes)| decode::decode_image(bytes, &settings, channels, size, label))
                 .collect::<Result<Vec<Pixels>, StageError>>()
         })
-        .await
-        .map_err(|e| (StageError::retry(ErrorKind::DecodePanic, Stage::Decode, e.to_string()), 1))?
-        .map_err(|e| (e, 1))?;
+        .await;
+        drop(decode_permit);
+        metrics::gauge!("glowd_decode_reserved_bytes").decrement(peak as f64);
+        let images = decoded
+            .map_err(|e| (StageError::retry(ErrorKind::DecodePanic, Stage::Decode, e.to_string()), 1))?
+            .map_err(|e| (e, 1))?;
         Self::stage_time(&mut timings.decode_seconds, t, "decode");
         Ok((images, bytes_permit))
     }
@@ -632,6 +672,11 @@ async fn futures_join_all<T, E, F: std::future::Future<Output = Result<T, E>>>(
     slots.into_iter().map(|s| s.expect("every future finished")).collect()
 }
 
+
+/// `bytes` in KiB, rounded up, at least 1 and at most what tokio's `acquire_many` takes.
+fn kib(bytes: u64) -> u32 {
+    bytes.div_ceil(1024).clamp(1, u32::MAX as u64) as u32
+}
 
 /// After the drain deadline, how long abandoned jobs get to notice and unwind (they are not acknowledged).
 const ABANDON_WAIT: Duration = Duration::from_secs(5);

@@ -13,8 +13,14 @@ pub enum StoreError {
     NotFound,
     #[error("object is {size} bytes, over the {limit}-byte limit")]
     TooLarge { size: u64, limit: u64 },
+    /// 401/403: the store refuses the daemon's credentials or permissions (rotated or revoked keys, a bucket
+    /// policy, a disabled KMS key). Treated as an outage of the daemon's own access, not as the job's fault.
     #[error("access denied: {0}")]
     Denied(String),
+    /// The request itself is refused for what it asks (a 400, a malformed key, a local file this process may not
+    /// read): the job's fault.
+    #[error("refused: {0}")]
+    Refused(String),
     /// 5xx, throttling, timeouts, connection errors: retried.
     #[error("{0}")]
     Transient(String),
@@ -63,10 +69,10 @@ impl LocalStore {
     }
 
     pub fn path(&self, bucket: &str, key: &str) -> Result<PathBuf, StoreError> {
-        crate::job::check_key(key).map_err(|e| StoreError::Denied(e.to_string()))?;
+        crate::job::check_key(key).map_err(|e| StoreError::Refused(e.to_string()))?;
         let mut p = self.root.clone();
         if self.buckets {
-            crate::job::key::check_bucket(bucket).map_err(|e| StoreError::Denied(e.to_string()))?;
+            crate::job::key::check_bucket(bucket).map_err(|e| StoreError::Refused(e.to_string()))?;
             p.push(bucket);
         }
         p.push(Path::new(key));
@@ -77,7 +83,8 @@ impl LocalStore {
 fn io_error(e: std::io::Error) -> StoreError {
     match e.kind() {
         std::io::ErrorKind::NotFound => StoreError::NotFound,
-        std::io::ErrorKind::PermissionDenied => StoreError::Denied(e.to_string()),
+        // A local file this process may not read or write: that file's problem (the embedded mode's folders).
+        std::io::ErrorKind::PermissionDenied => StoreError::Refused(e.to_string()),
         _ => StoreError::Transient(e.to_string()),
     }
 }
@@ -163,7 +170,7 @@ mod tests {
         assert_eq!(s.get("bkt", "a/b.txt", 10).await.unwrap(), b"one");
         assert_eq!(s.get("bkt", "a/b.txt", 2).await, Err(StoreError::TooLarge { size: 3, limit: 2 }));
         assert_eq!(s.get("bkt", "a/none", 10).await, Err(StoreError::NotFound));
-        assert!(matches!(s.get("bkt", "../x", 10).await, Err(StoreError::Denied(_))));
+        assert!(matches!(s.get("bkt", "../x", 10).await, Err(StoreError::Refused(_))));
         assert_eq!(std::fs::read_dir(dir.path().join("bkt/a")).unwrap().count(), 1, "no temporary file left");
     }
 }

@@ -11,6 +11,16 @@ pub struct KafkaSettings {
     pub jobs_topic: String,
     pub results_topic: String,
     pub dlq_topic: String,
+    /// Static group membership (KIP-345): the consumer's `group.instance.id`, unique in the group and stable
+    /// across restarts of the same instance (the Kubernetes manifests pass the pod's name: `"${POD_NAME}"`). A
+    /// daemon that dies without leaving (SIGKILL, OOM kill) and comes back under the same id within
+    /// `session.timeout.ms` takes its partitions back at once, with no rebalance; without it the group waits for
+    /// the dead member's session to time out (45 s by default) before anyone consumes its partitions. A clean stop
+    /// (SIGTERM) still leaves the group, so its partitions move at once; an instance that dies and never comes back
+    /// under its id holds its partitions until its session times out. Two daemons with one id fence each other
+    /// (the older one stops non-zero). Unset: a dynamic member.
+    #[serde(default)]
+    pub instance_id: Option<String>,
     /// Extra librdkafka properties (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`, …). The daemon's own
     /// delivery settings (`enable.auto.commit`, `enable.auto.offset.store`, `group.id`) cannot be overridden here.
     #[serde(default)]
@@ -50,6 +60,7 @@ impl std::fmt::Debug for KafkaSettings {
             .field("jobs_topic", &self.jobs_topic)
             .field("results_topic", &self.results_topic)
             .field("dlq_topic", &self.dlq_topic)
+            .field("instance_id", &self.instance_id)
             .field("properties", &properties)
             .field("pause_grace_ms", &self.pause_grace_ms)
             .field("buffer", &self.buffer)

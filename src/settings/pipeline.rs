@@ -11,8 +11,15 @@ pub struct Limits {
     /// Jobs taken and not finished. When reached, intake waits (the Kafka source pauses its partitions after a
     /// grace period and keeps polling).
     pub max_in_flight_jobs: usize,
-    /// Bytes of fetched inputs held by jobs in flight. When reached, fetches wait for earlier jobs to finish.
+    /// Bytes of fetched inputs held by jobs in flight, reserved before the fetch: a job reserves
+    /// `images.max_input_bytes` per input (at most this whole budget) before it reads any, and gives back what its
+    /// inputs did not take once they are read. When reached, fetches wait for earlier jobs to finish.
     pub max_in_flight_bytes: u64,
+    /// Bytes of decoded images held by the decodes in flight, reserved from the images' headers before any pixel is
+    /// decoded: each image costs twice its decoded size (the decoder's buffer, width × height × bytes per pixel,
+    /// and the copy cropping makes), so a 100 kB flat 4096x4096 16-bit RGBA PNG costs 256 MiB. When reached,
+    /// decodes wait; a job that needs more than the whole budget is dead-lettered (`over_decode_budget`).
+    pub max_in_flight_decoded_bytes: u64,
     /// Concurrent input fetches. Further fetches wait.
     pub fetch_concurrency: usize,
     /// Concurrent output writes (objects, not jobs). Further writes wait.
@@ -27,6 +34,7 @@ impl Default for Limits {
         Limits {
             max_in_flight_jobs: 64,
             max_in_flight_bytes: 256 * 1024 * 1024,
+            max_in_flight_decoded_bytes: 1024 * 1024 * 1024,
             fetch_concurrency: 16,
             put_concurrency: 32,
             drain_timeout_seconds: 25.0,
@@ -101,11 +109,17 @@ pub struct RetrySettings {
     /// and writes the clock only runs while the object store answers requests: an outage stalls the jobs (they
     /// wait for the store, and are not dead-lettered), a key that keeps failing while others succeed does not.
     pub max_elapsed_seconds: f64,
+    /// A store that denies the daemon's requests (401/403 on every read, or every write, of a bucket: rotated or
+    /// revoked credentials, a bucket policy, a disabled KMS key) is an outage of the daemon's own access: the jobs
+    /// wait (nothing is dead-lettered for it), `/readyz` fails and `glowd_store_denied` is 1. After this many
+    /// seconds of denials with nothing of that kind served, the daemon stops and exits non-zero (so a restart
+    /// picks up new credentials, e.g. a Kubernetes Secret's); 0: it waits for as long as it takes.
+    pub max_denied_seconds: f64,
 }
 
 impl Default for RetrySettings {
     fn default() -> Self {
-        RetrySettings { initial_backoff_ms: 100, max_backoff_ms: 10_000, max_elapsed_seconds: 600.0 }
+        RetrySettings { initial_backoff_ms: 100, max_backoff_ms: 10_000, max_elapsed_seconds: 600.0, max_denied_seconds: 0.0 }
     }
 }
 
@@ -119,6 +133,11 @@ impl RetrySettings {
 
     pub fn budget(&self) -> Duration {
         Duration::from_secs_f64(self.max_elapsed_seconds.max(0.0))
+    }
+
+    /// How long the store may deny the daemon's requests before the daemon stops; `None`: no bound.
+    pub fn denied_bound(&self) -> Option<Duration> {
+        (self.max_denied_seconds > 0.0).then(|| Duration::from_secs_f64(self.max_denied_seconds))
     }
 }
 
@@ -189,6 +208,7 @@ impl PipelineSettings {
         let positive = |name: &str, v: u64| if v == 0 { Err(format!("{name} must be at least 1")) } else { Ok(()) };
         positive("limits.max_in_flight_jobs", self.limits.max_in_flight_jobs as u64)?;
         positive("limits.max_in_flight_bytes", self.limits.max_in_flight_bytes)?;
+        positive("limits.max_in_flight_decoded_bytes", self.limits.max_in_flight_decoded_bytes)?;
         positive("limits.fetch_concurrency", self.limits.fetch_concurrency as u64)?;
         positive("limits.put_concurrency", self.limits.put_concurrency as u64)?;
         positive("images.max_input_bytes", self.images.max_input_bytes)?;
@@ -217,6 +237,9 @@ impl PipelineSettings {
             crate::job::check_key(prefix).map_err(|e| format!("output.prefix: {e}"))?;
         }
         self.jobs.check().map_err(|e| format!("jobs: {e}"))?;
+        if !(self.retry.max_denied_seconds >= 0.0 && self.retry.max_denied_seconds.is_finite()) {
+            return Err("retry.max_denied_seconds must be >= 0 (0: no bound)".into());
+        }
         if !(self.limits.drain_timeout_seconds >= 0.0) {
             return Err("limits.drain_timeout_seconds must be >= 0".into());
         }

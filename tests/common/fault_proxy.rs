@@ -1,11 +1,12 @@
 //! An HTTP/1.1 fault proxy in front of the dev stack's S3 server (G10, G12, G13 in docs/reliability.md): it forwards each
 //! request and, by a seeded draw per request, instead answers `503 SlowDown`, answers `409` to a conditional PUT,
 //! resets the connection, holds the request for a latency spike, or flips one byte of an upload's body on the way.
-//! It can also play a store that ignores `If-None-Match` (it answers every create-only PUT `200 OK` itself).
+//! It can also play a store that ignores `If-None-Match` (it answers every create-only PUT `200 OK` itself), and,
+//! while switched on, a store that denies the daemon's credentials (`403 AccessDenied` to every GET, or every PUT).
 //!
 //! It frames requests by `Content-Length` (what the AWS SDK sends, aws-chunked bodies included) and copies the
 //! server's responses back untouched; the SDK never pipelines, so an injected answer cannot overtake a real one.
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -26,6 +27,15 @@ pub struct Faults {
     pub ignore_if_none_match: bool,
 }
 
+/// Faults switched on and off while the proxy runs.
+#[derive(Debug, Default)]
+pub struct Switches {
+    /// Answer every GET `403 AccessDenied` (a rotated key, a bucket policy, a disabled KMS key).
+    pub deny_get: AtomicBool,
+    /// Answer every PUT `403 AccessDenied`.
+    pub deny_put: AtomicBool,
+}
+
 #[derive(Debug, Default)]
 pub struct Counts {
     pub requests: AtomicU64,
@@ -35,20 +45,22 @@ pub struct Counts {
     pub delays: AtomicU64,
     pub flips: AtomicU64,
     pub faked_puts: AtomicU64,
+    pub denied: AtomicU64,
 }
 
 impl Counts {
     pub fn summary(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
-            "{} requests: {} resets, {} SlowDown, {} 409, {} delayed, {} flipped uploads, {} faked PUTs",
+            "{} requests: {} resets, {} SlowDown, {} 409, {} delayed, {} flipped uploads, {} faked PUTs, {} denied",
             g(&self.requests),
             g(&self.resets),
             g(&self.slowdowns),
             g(&self.conflicts),
             g(&self.delays),
             g(&self.flips),
-            g(&self.faked_puts)
+            g(&self.faked_puts),
+            g(&self.denied)
         )
     }
 }
@@ -56,6 +68,7 @@ impl Counts {
 pub struct FaultProxy {
     pub port: u16,
     pub counts: Arc<Counts>,
+    pub switches: Arc<Switches>,
 }
 
 impl FaultProxy {
@@ -65,8 +78,9 @@ impl FaultProxy {
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let counts = Arc::new(Counts::default());
+        let switches = Arc::new(Switches::default());
         let faults = Arc::new(faults);
-        let (c, f, up) = (counts.clone(), faults, upstream.to_string());
+        let (c, f, up, sw) = (counts.clone(), faults, upstream.to_string(), switches.clone());
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
@@ -74,14 +88,14 @@ impl FaultProxy {
                 let rng = Arc::new(Mutex::new(seed | 1));
                 loop {
                     let Ok((client, _)) = listener.accept().await else { continue };
-                    let (c, f, up, rng) = (c.clone(), f.clone(), up.clone(), rng.clone());
+                    let (c, f, up, rng, sw) = (c.clone(), f.clone(), up.clone(), rng.clone(), sw.clone());
                     tokio::spawn(async move {
-                        let _ = connection(client, &up, c, f, rng).await;
+                        let _ = connection(client, &up, c, f, sw, rng).await;
                     });
                 }
             });
         });
-        FaultProxy { port, counts }
+        FaultProxy { port, counts, switches }
     }
 }
 
@@ -99,6 +113,7 @@ async fn connection(
     upstream: &str,
     counts: Arc<Counts>,
     faults: Arc<Faults>,
+    switches: Arc<Switches>,
     rng: Arc<Mutex<u64>>,
 ) -> std::io::Result<()> {
     let server = TcpStream::connect(upstream).await?;
@@ -157,6 +172,12 @@ async fn connection(
                     xml.len()
                 )
             };
+            let denied = if is_put { &switches.deny_put } else { &switches.deny_get };
+            if (is_put || text.starts_with("GET ")) && denied.load(Ordering::SeqCst) {
+                counts.denied.fetch_add(1, Ordering::Relaxed);
+                client_w.lock().await.write_all(answer("403 Forbidden", "AccessDenied").as_bytes()).await?;
+                return Ok(());
+            }
             if conditional && f.ignore_if_none_match {
                 counts.faked_puts.fetch_add(1, Ordering::Relaxed);
                 let ok = "HTTP/1.1 200 OK\r\nETag: \"00000000000000000000000000000000\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
