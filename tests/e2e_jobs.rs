@@ -148,6 +148,10 @@ fn every_kind_end_to_end_and_bad_inputs_to_the_dlq() {
     ] {
         assert!(metrics.contains(series), "{series} missing from /metrics:\n{metrics}");
     }
+    // The device watchdog's gauges (issue 16 item 8): the device is named, and it is not hung.
+    assert!(metrics.contains("glowd_device_stalled{device=\"cpu\"} 0"), "{metrics}");
+    assert!(metrics.contains("glowd_device_pass_seconds{device=\"cpu\"}"), "{metrics}");
+    assert!(log.contains("watchdog_bound_s"), "the worker logs its watchdog bound:\n{log}");
     // Bounded labels only: no series is labelled by a job, key, id or offset (one series per job would grow forever).
     for line in metrics.lines().filter(|l| l.starts_with("glowd_")) {
         for unbounded in ["job=", "id=", "key=", "offset=", "run="] {

@@ -66,6 +66,14 @@ pub fn run_embedded(opts: &EmbeddedOptions) -> Result<RunSummary, StartError> {
         .map_err(StartError::Settings)?;
         let (tx, rx) = mpsc::channel(opts.settings.limits.max_in_flight_jobs);
         let reader = spawn_reader(opts.jobs.clone(), tx)?;
+        // No probe restarts `glowd run`: a hung device is said in the log (once per hung pass) instead.
+        let watches: Vec<_> = workers.iter().map(|w| w.watch.clone()).collect();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                crate::daemon::http::check_devices(&watches);
+            }
+        });
         let stop = CancellationToken::new();
         let on_signal = stop.clone();
         tokio::spawn(async move {
@@ -94,6 +102,7 @@ pub fn start_workers(settings: &PipelineSettings, specs: &[ModelSpec]) -> Result
                     threads: settings.batching.threads,
                     max_batch: settings.batching.max_batch,
                     precision: settings.batching.precision,
+                    max_pass_seconds: settings.batching.max_pass_seconds,
                 },
                 specs.to_vec(),
             )

@@ -55,6 +55,8 @@ struct Started {
     pipeline: std::sync::Arc<Pipeline>,
     source: KafkaSource,
     jobs: tokio::sync::mpsc::Receiver<Envelope>,
+    /// One per device thread: what `/healthz` reads to notice a hung device.
+    device_watches: Vec<Arc<crate::worker::DeviceWatch>>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT; returns the counts of the run, or why it could not start or had to stop.
@@ -82,12 +84,22 @@ pub fn serve(config_path: &Path) -> Result<RunSummary, StartError> {
             draining: Arc::new(AtomicBool::new(false)),
             source: Default::default(),
             store: Default::default(),
+            devices: Default::default(),
         };
         let addr = http::serve(&checked.file.http.listen, health.clone()).await.map_err(StartError::Http)?;
         tracing::info!(addr = %addr, "http listening (not ready yet)");
         let started = start(&checked).await?;
         let _ = health.source.set(started.source.state.clone());
         let _ = health.store.set(started.pipeline.store_health());
+        let _ = health.devices.set(started.device_watches.clone());
+        // The device gauges move without anyone probing (a scrape reads them; the probe also refreshes them).
+        let watches = started.device_watches.clone();
+        tokio::spawn(async move {
+            loop {
+                http::check_devices(&watches);
+                tokio::time::sleep(POLL_GAUGE_EVERY).await;
+            }
+        });
         health.ready.store(true, Ordering::SeqCst);
         run_until_stopped(started, &health.draining).await
     })
@@ -151,12 +163,13 @@ async fn start(c: &Checked) -> Result<Started, StartError> {
         }
     });
     tracing::info!(models = workers[0].models.len(), devices = workers.len(), "ready");
-    Ok(Started { pipeline, source, jobs })
+    let device_watches = workers.iter().map(|w| w.watch.clone()).collect();
+    Ok(Started { pipeline, source, jobs, device_watches })
 }
 
 /// Runs jobs until SIGTERM/SIGINT or a fatal Kafka error, then drains and closes.
 async fn run_until_stopped(started: Started, draining: &AtomicBool) -> Result<RunSummary, StartError> {
-    let Started { pipeline, source, jobs } = started;
+    let Started { pipeline, source, jobs, .. } = started;
     let stop = CancellationToken::new();
     tokio::spawn(signals(stop.clone()));
     // An error waiting cannot mend (bad credentials, a certificate that does not verify) stops the daemon like a

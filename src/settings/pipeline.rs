@@ -91,11 +91,21 @@ pub struct BatchSettings {
     /// `fp32`, or `bf16`: the coupling networks in bfloat16 (AMX CPUs, GPUs), the invertible parts in float32/64.
     /// Recorded in every manifest, result record and latents file.
     pub precision: crate::precision::Precision,
+    /// The device watchdog: a forward pass running longer than this many seconds is a hung device, and `/healthz`
+    /// fails (so the orchestrator restarts the process; its jobs are redelivered). 0: sized from the warm-up, 20
+    /// times its slowest pass and at least 60 s.
+    pub max_pass_seconds: f64,
 }
 
 impl Default for BatchSettings {
     fn default() -> Self {
-        BatchSettings { max_batch: 16, devices: vec!["cpu".into()], threads: 0, precision: Default::default() }
+        BatchSettings {
+            max_batch: 16,
+            devices: vec!["cpu".into()],
+            threads: 0,
+            precision: Default::default(),
+            max_pass_seconds: 0.0,
+        }
     }
 }
 
@@ -239,6 +249,9 @@ impl PipelineSettings {
         self.jobs.check().map_err(|e| format!("jobs: {e}"))?;
         if !(self.retry.max_denied_seconds >= 0.0 && self.retry.max_denied_seconds.is_finite()) {
             return Err("retry.max_denied_seconds must be >= 0 (0: no bound)".into());
+        }
+        if !(self.batching.max_pass_seconds >= 0.0 && self.batching.max_pass_seconds.is_finite()) {
+            return Err("batching.max_pass_seconds must be >= 0 (0: sized from the warm-up)".into());
         }
         if !(self.limits.drain_timeout_seconds >= 0.0) {
             return Err("limits.drain_timeout_seconds must be >= 0".into());

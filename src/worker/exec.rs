@@ -18,12 +18,13 @@ pub(super) struct LoadedModel {
     pub(super) info: ModelInfo,
 }
 
+/// Loads and warms up every model; also returns the slowest warm-up pass (what the watchdog's bound is sized from).
 pub(super) fn load_models(
     device: &str,
     specs: &[ModelSpec],
     max_batch: usize,
     precision: crate::precision::Precision,
-) -> Result<(Device, Vec<LoadedModel>), DeviceError> {
+) -> Result<(Device, Vec<LoadedModel>, std::time::Duration), DeviceError> {
     let device = parse_device(device).map_err(|e| DeviceError::Load {
         name: "-".into(),
         version: "-".into(),
@@ -31,6 +32,7 @@ pub(super) fn load_models(
         message: e.to_string(),
     })?;
     let mut out = Vec::new();
+    let mut slowest_pass = std::time::Duration::ZERO;
     for spec in specs {
         let fail = |m: String| DeviceError::Load {
             name: spec.name.clone(),
@@ -57,8 +59,11 @@ pub(super) fn load_models(
         let s = c.image_size;
         let pixels = Tensor::zeros([max_batch as i64, c.channels, s, s], (tch::Kind::Uint8, Device::Cpu));
         let warm = catch_unwind(AssertUnwindSafe(|| -> Result<(), ModelError> {
+            let started = std::time::Instant::now();
             let z = glow.encode(&pixels)?;
+            let encoded = std::time::Instant::now();
             let _ = glow.decode(&z.z)?;
+            slowest_pass = slowest_pass.max(encoded - started).max(encoded.elapsed());
             Ok(())
         }));
         match warm {
@@ -70,7 +75,7 @@ pub(super) fn load_models(
             attributes = info.attributes.len(), "model loaded");
         out.push(LoadedModel { glow, directions, info });
     }
-    Ok((device, out))
+    Ok((device, out, slowest_pass))
 }
 
 pub(super) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
@@ -83,18 +88,27 @@ pub(super) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-pub(super) fn serve(mut rx: mpsc::Receiver<Batch>, models: &[LoadedModel], max_batch: usize) {
+pub(super) fn serve(rx: mpsc::Receiver<Batch>, models: &[LoadedModel], max_batch: usize, watch: &DeviceWatch) {
     let _guard = tch::no_grad_guard();
+    serve_batches(rx, watch, |model, ops| match models.get(model) {
+        Some(model) => run_batch(model, ops, max_batch, watch),
+        None => Err(DeviceError::UnknownModel(format!("#{model}"))),
+    });
+}
+
+/// The device thread's loop around `run` (a batch's model index and ops → one answer per op, or one error for
+/// all): answers every op, turns a panic into [`DeviceError::Panicked`], and stamps `watch` so that a batch that
+/// never returns shows as a hung device (`run` stamps each forward pass it starts; this stamps the batch's start
+/// and marks the device idle after it).
+pub(crate) fn serve_batches(
+    mut rx: mpsc::Receiver<Batch>,
+    watch: &DeviceWatch,
+    mut run: impl FnMut(usize, &[DeviceOp]) -> Result<Vec<OpResult>, DeviceError>,
+) {
     while let Some(batch) = rx.blocking_recv() {
-        let Some(model) = models.get(batch.model) else {
-            let e = DeviceError::UnknownModel(format!("#{}", batch.model));
-            for item in batch.items {
-                let _ = item.reply.send(Err(e.clone()));
-            }
-            continue;
-        };
         let ops: Vec<DeviceOp> = batch.items.iter().map(|i| i.op.clone()).collect();
-        let results = match catch_unwind(AssertUnwindSafe(|| run_batch(model, &ops, max_batch))) {
+        watch.pass_started();
+        let results = match catch_unwind(AssertUnwindSafe(|| run(batch.model, &ops))) {
             Ok(Ok(results)) => results,
             Ok(Err(e)) => vec![Err(e); ops.len()],
             Err(p) => {
@@ -103,6 +117,7 @@ pub(super) fn serve(mut rx: mpsc::Receiver<Batch>, models: &[LoadedModel], max_b
                 vec![Err(e); ops.len()]
             }
         };
+        watch.idle();
         for (item, result) in batch.items.into_iter().zip(results) {
             // The job may have given up waiting (shutdown): nothing to do then.
             let _ = item.reply.send(result);
@@ -111,10 +126,15 @@ pub(super) fn serve(mut rx: mpsc::Receiver<Batch>, models: &[LoadedModel], max_b
 }
 
 /// Runs a batch; a batch-wide failure (torch error) is the outer `Err`, a per-op one (bad attribute) an inner one.
-fn run_batch(model: &LoadedModel, ops: &[DeviceOp], max_batch: usize) -> Result<Vec<OpResult>, DeviceError> {
+fn run_batch(
+    model: &LoadedModel,
+    ops: &[DeviceOp],
+    max_batch: usize,
+    watch: &DeviceWatch,
+) -> Result<Vec<OpResult>, DeviceError> {
     let glow = &model.glow;
     // 1. One encode pass over every input image of the batch.
-    let (z_all, bpd_all) = encode_chunked(glow, &input_images(ops), max_batch)?;
+    let (z_all, bpd_all) = encode_chunked(glow, &input_images(ops), max_batch, watch)?;
     // 2. Per op: latent arithmetic; edit decodes are collected into one decode pass.
     let mut results: Vec<Option<OpResult>> = (0..ops.len()).map(|_| None).collect();
     let mut edit_z: Vec<Vec<Tensor>> = Vec::new();
@@ -150,7 +170,7 @@ fn run_batch(model: &LoadedModel, ops: &[DeviceOp], max_batch: usize) -> Result<
             DeviceOp::Augment { variants, keep_levels, temperatures, seed, .. } => {
                 let r = take(1);
                 results[i] = Some(
-                    augment(model, &select(&z_all, r), variants, *keep_levels, temperatures, *seed, max_batch)
+                    augment(model, &select(&z_all, r), variants, *keep_levels, temperatures, *seed, max_batch, watch)
                         .map(|images| DeviceOutput { images, latents: None, bits_per_dim: vec![bpd_all[r]] }),
                 );
             }
@@ -160,7 +180,7 @@ fn run_batch(model: &LoadedModel, ops: &[DeviceOp], max_batch: usize) -> Result<
                 let frames = (*frames).max(2);
                 let zs: Vec<Vec<Tensor>> =
                     (0..frames).map(|k| directions::interpolate(&za, &zb, k as f64 / (frames - 1) as f64)).collect();
-                let images = decode_chunked(glow, &zs, max_batch)?.into_iter().collect::<Result<Vec<_>, _>>();
+                let images = decode_chunked(glow, &zs, max_batch, watch)?.into_iter().collect::<Result<Vec<_>, _>>();
                 results[i] = Some(images.map(|images| DeviceOutput {
                     images,
                     latents: None,
@@ -171,14 +191,14 @@ fn run_batch(model: &LoadedModel, ops: &[DeviceOp], max_batch: usize) -> Result<
                 let none: Vec<Option<Tensor>> = (0..model.info.levels).map(|_| None).collect();
                 results[i] = Some(
                     check_temperatures(model, temperatures)
-                        .and_then(|()| decode_seeded_chunked(glow, &none, *n, temperatures, *seed, max_batch))
+                        .and_then(|()| decode_seeded_chunked(glow, &none, *n, temperatures, *seed, max_batch, watch))
                         .map(|(images, _finite)| DeviceOutput { images, ..Default::default() }),
                 );
             }
         }
     }
     // 3. The edit decodes, together.
-    decode_edits(glow, ops, &edit_z, &edit_ops, &mut results, max_batch)?;
+    decode_edits(glow, ops, &edit_z, &edit_ops, &mut results, max_batch, watch)?;
     Ok(results.into_iter().map(|r| r.expect("every op answered")).collect())
 }
 
@@ -209,11 +229,12 @@ fn decode_edits(
     edit_ops: &[usize],
     results: &mut [Option<OpResult>],
     max_batch: usize,
+    watch: &DeviceWatch,
 ) -> Result<(), DeviceError> {
     if edit_z.is_empty() {
         return Ok(());
     }
-    let images = decode_chunked(glow, edit_z, max_batch)?;
+    let images = decode_chunked(glow, edit_z, max_batch, watch)?;
     for ((i, image), z) in edit_ops.iter().zip(images).zip(edit_z) {
         let image = match image {
             Ok(image) => image,
@@ -241,7 +262,12 @@ fn select(z: &[Tensor], r: usize) -> Vec<Tensor> {
 /// (libtorch 2.13, oneDNN), an image's latents are bitwise the same in every batch of two or more and at every
 /// position, but a batch of one takes another kernel path and differs in the last bits. Padding makes every
 /// output independent of what else happened to share its batch, so a redone job writes identical bytes.
-fn encode_chunked(glow: &Glow, inputs: &[&Pixels], max_batch: usize) -> Result<(Vec<Tensor>, Vec<f64>), DeviceError> {
+fn encode_chunked(
+    glow: &Glow,
+    inputs: &[&Pixels],
+    max_batch: usize,
+    watch: &DeviceWatch,
+) -> Result<(Vec<Tensor>, Vec<f64>), DeviceError> {
     if inputs.is_empty() {
         return Ok((vec![], vec![]));
     }
@@ -253,6 +279,7 @@ fn encode_chunked(glow: &Glow, inputs: &[&Pixels], max_batch: usize) -> Result<(
         if padded {
             owned.push(owned[0].clone());
         }
+        watch.pass_started();
         let latents = glow.encode(&pixels_to_tensor(&owned))?;
         let keep = chunk.len() as i64;
         bpd.extend(latents.bits_per_dim(&glow.config).into_iter().take(chunk.len()));
@@ -270,6 +297,7 @@ fn decode_chunked(
     glow: &Glow,
     zs: &[Vec<Tensor>],
     max_batch: usize,
+    watch: &DeviceWatch,
 ) -> Result<Vec<Result<Pixels, DeviceError>>, DeviceError> {
     let mut out = Vec::with_capacity(zs.len());
     for chunk in zs.chunks(max_batch.max(1)) {
@@ -279,6 +307,7 @@ fn decode_chunked(
         let levels: Vec<Tensor> = (0..glow.config.levels as usize)
             .map(|l| Tensor::cat(&rows.iter().map(|z| z[l].shallow_clone()).collect::<Vec<_>>(), 0))
             .collect();
+        watch.pass_started();
         let (pixels, finite) = glow.decode_checked(&levels)?;
         out.extend(tensor_to_pixels(&pixels).into_iter().zip(finite).take(chunk.len()).map(|(p, ok)| {
             ok.then_some(p).ok_or_else(|| {
@@ -306,6 +335,7 @@ fn decode_seeded_chunked(
     temperatures: &[f64],
     seed: u64,
     max_batch: usize,
+    watch: &DeviceWatch,
 ) -> Result<(Vec<Pixels>, Vec<bool>), DeviceError> {
     let mask: Vec<bool> = given.iter().map(Option::is_some).collect();
     let noise = glow.prior_noise(&mask, n as i64, seed);
@@ -321,6 +351,7 @@ fn decode_seeded_chunked(
         };
         let z: Vec<Option<Tensor>> = given.iter().map(|g| g.as_ref().map(rows)).collect();
         let eps: Vec<Option<Tensor>> = noise.iter().map(|e| e.as_ref().map(rows)).collect();
+        watch.pass_started();
         let (pixels, ok) = glow.decode_noised_checked(&z, &eps, len.max(2) as i64, temperatures)?;
         images.extend(tensor_to_pixels(&pixels).into_iter().take(len));
         finite.extend(ok.into_iter().take(len));
@@ -356,6 +387,7 @@ fn check_temperatures(model: &LoadedModel, t: &[f64]) -> Result<(), DeviceError>
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)] // the op's own fields, plus the pass size and the watch every pass stamps
 fn augment(
     model: &LoadedModel,
     z: &[Tensor],
@@ -364,6 +396,7 @@ fn augment(
     temperatures: &[f64],
     seed: u64,
     max_batch: usize,
+    watch: &DeviceWatch,
 ) -> Result<Vec<Pixels>, DeviceError> {
     let levels = model.info.levels;
     if keep_levels == 0 || keep_levels > levels {
@@ -386,7 +419,7 @@ fn augment(
                 .then(|| Tensor::cat(&shifted.iter().map(|v| v[l].shallow_clone()).collect::<Vec<_>>(), 0))
         })
         .collect();
-    let (mut images, finite) = decode_seeded_chunked(&model.glow, &given, variants.len(), temperatures, seed, max_batch)?;
+    let (mut images, finite) = decode_seeded_chunked(&model.glow, &given, variants.len(), temperatures, seed, max_batch, watch)?;
     // A variant whose redrawn fine levels, added to its shifted coarse ones, overflow the inverse flow: redraw
     // that variant's noise from seeds derived from the job's (deterministic, so a redone job writes the same
     // bytes), a few times, before giving the job up as non-finite.
@@ -397,6 +430,7 @@ fn augment(
         let one: Vec<Option<Tensor>> = given.iter().map(|g| g.as_ref().map(|t| t.narrow(0, v as i64, 1))).collect();
         let mut redrawn = None;
         for attempt in 1..=AUGMENT_REDRAWS {
+            watch.pass_started();
             let (p, f) = model.glow.decode_partial_checked(&one, temperatures, redraw_seed(seed, v, attempt))?;
             if f[0] {
                 redrawn = tensor_to_pixels(&p).pop();
@@ -450,6 +484,10 @@ mod tests {
     use super::*;
     use crate::model::GlowConfig;
 
+    fn watch() -> DeviceWatch {
+        DeviceWatch::new("cpu", std::time::Duration::from_secs(60))
+    }
+
     fn tiny() -> Glow {
         let mut config = GlowConfig::preset("tiny").unwrap();
         config.set("steps=2").unwrap();
@@ -481,7 +519,7 @@ mod tests {
         let temps = vec![0.7; levels];
         let none: Vec<Option<Tensor>> = (0..levels).map(|_| None).collect();
         for (n, max_batch) in [(7, 2), (7, 3), (5, 1), (4, 4)] {
-            let (split, _) = decode_seeded_chunked(&glow, &none, n, &temps, 9, max_batch).unwrap();
+            let (split, _) = decode_seeded_chunked(&glow, &none, n, &temps, 9, max_batch, &watch()).unwrap();
             let whole = tensor_to_pixels(&glow.sample(n as i64, &temps, 9).unwrap());
             assert!(split == whole, "sample of {n} in passes of {max_batch}");
         }
@@ -491,7 +529,7 @@ mod tests {
         let top = Tensor::randn([7, c, h, w], (tch::Kind::Float, Device::Cpu));
         let given: Vec<Option<Tensor>> = (0..levels).map(|l| (l == levels - 1).then(|| top.shallow_clone())).collect();
         let (whole, _) = glow.decode_partial_checked(&given, &temps, 21).unwrap();
-        let (split, _) = decode_seeded_chunked(&glow, &given, 7, &temps, 21, 3).unwrap();
+        let (split, _) = decode_seeded_chunked(&glow, &given, 7, &temps, 21, 3, &watch()).unwrap();
         assert!(split == tensor_to_pixels(&whole), "a partial decode of 7 in passes of 3");
     }
 }

@@ -14,15 +14,20 @@
 //! theirs.
 mod exec;
 mod op;
+mod watch;
 
 pub use exec::{augment_mixes, augment_noise_seed};
+#[cfg(test)]
+pub(crate) use exec::serve_batches;
 pub use op::*;
+pub use watch::{DeviceWatch, Stall};
 
 use crate::model::device::device_name;
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 use exec::{load_models, panic_message, serve};
@@ -36,6 +41,8 @@ pub struct DeviceWorker {
     pub device: String,
     pub models: Arc<Vec<ModelInfo>>,
     pub max_batch: usize,
+    /// The device thread's progress: `/healthz` fails while a pass runs past its bound (a hung device).
+    pub watch: Arc<DeviceWatch>,
 }
 
 impl DeviceWorker {
@@ -46,6 +53,9 @@ impl DeviceWorker {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let device_label = config.device.clone();
         let max_batch = config.max_batch.max(1);
+        // The warm-up itself is covered by the startup probe; the bound is set from its slowest pass below.
+        let watch = Arc::new(DeviceWatch::new(&device_label, DeviceWatch::bound_for(config.max_pass_seconds, Duration::ZERO)));
+        let thread_watch = watch.clone();
         std::thread::Builder::new()
             .name(format!("glowd-device-{device_label}"))
             .spawn(move || {
@@ -63,10 +73,12 @@ impl DeviceWorker {
                         })
                     });
                 match loaded {
-                    Ok((device, models)) => {
+                    Ok((device, models, slowest_pass)) => {
+                        let bound = DeviceWatch::bound_for(config.max_pass_seconds, slowest_pass);
+                        thread_watch.set_bound(bound, slowest_pass);
                         let infos: Vec<ModelInfo> = models.iter().map(|m| m.info.clone()).collect();
                         let _ = ready_tx.send(Ok((device_name(device), infos)));
-                        serve(rx, &models, max_batch);
+                        serve(rx, &models, max_batch, &thread_watch);
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -75,15 +87,23 @@ impl DeviceWorker {
             })
             .map_err(|e| DeviceError::Torch(format!("cannot start the device thread: {e}")))?;
         let (device, infos) = ready_rx.recv().map_err(|_| DeviceError::Stopped(device_label))??;
-        tracing::info!(device = %device, models = infos.len(), max_batch, "device worker ready");
-        Ok(DeviceWorker { tx, device, models: Arc::new(infos), max_batch })
+        tracing::info!(
+            device = %device,
+            models = infos.len(),
+            max_batch,
+            slowest_warm_up_pass_ms = watch.slowest_warm_up_pass().as_millis() as u64,
+            watchdog_bound_s = watch.bound().as_secs_f64(),
+            "device worker ready"
+        );
+        Ok(DeviceWorker { tx, device, models: Arc::new(infos), max_batch, watch })
     }
 
     /// A worker whose device is the other end of a channel: the batcher's tests play the device themselves.
     #[cfg(test)]
     pub(crate) fn fake(max_batch: usize) -> (DeviceWorker, mpsc::Receiver<Batch>) {
         let (tx, rx) = mpsc::channel::<Batch>(1);
-        (DeviceWorker { tx, device: "fake".into(), models: Arc::new(Vec::new()), max_batch }, rx)
+        let watch = Arc::new(DeviceWatch::new("fake", Duration::from_secs(60)));
+        (DeviceWorker { tx, device: "fake".into(), models: Arc::new(Vec::new()), max_batch, watch }, rx)
     }
 
 

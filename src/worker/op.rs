@@ -155,4 +155,6 @@ pub struct WorkerConfig {
     pub max_batch: usize,
     /// What the coupling networks compute in.
     pub precision: crate::precision::Precision,
+    /// The watchdog's bound on one forward pass, in seconds; 0: 20 times the slowest warm-up pass, at least 60.
+    pub max_pass_seconds: f64,
 }
