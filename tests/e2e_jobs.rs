@@ -377,6 +377,17 @@ fn the_three_pipelines_end_to_end_over_real_faces() {
             let (st, _, err) = run_glowd(&["dataset", "--pipeline", file_arg, "--run", &run], &envs);
             assert!(st.success(), "{err}");
             assert!(rt.block_on(objects(&client, &dir)) == first, "rebuilding the dataset changed bytes");
+            assert_eq!(manifest["precision"], "fp32");
+            // Issue 14: one of the run's jobs encoded at bf16 (its manifest, as a bf16 worker writes it) and the
+            // dataset is refused, naming the precisions; nothing is rewritten.
+            let mut mixed: Value = serde_json::from_slice(&outputs[&format!("{}/manifest.json", jobs.iter().next().unwrap())]).unwrap();
+            mixed["model"]["precision"] = json!("bf16");
+            let mixed_key = format!("{out_root}/{run}-zz-bf16/manifest.json");
+            rt.block_on(put(&client, &mixed_key, serde_json::to_vec(&mixed).unwrap()));
+            let (st, _, err) = run_glowd(&["dataset", "--pipeline", file_arg, "--run", &run], &envs);
+            assert!(!st.success(), "a run at two precisions must be refused");
+            assert!(err.contains(&format!("{mixed_key}: encoded at bf16, the run's first at fp32: a dataset holds one precision")), "{err}");
+            assert!(rt.block_on(objects(&client, &dir)) == first, "a refused dataset rewrote files");
         }
         if name == "bulk-edit" {
             // The same run again: the same job ids, create-only writes: not one byte changes. Then --resume skips all.

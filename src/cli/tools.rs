@@ -199,18 +199,22 @@ pub fn dataset(args: DatasetArgs) -> Result<usize> {
         .filter(|k| k.ends_with(&format!("/{}", crate::job::MANIFEST_NAME)))
         .collect();
     let mut rows = Vec::new();
-    let mut model: Option<(String, String)> = None;
+    let mut source: Option<crate::tools::dataset::Source> = None;
     for key in &manifests {
         let m: Manifest = serde_json::from_slice(&rt.block_on(get(&s3, &bucket, key, u64::MAX))?).with_context(|| key.clone())?;
         // The listing is by key prefix `<run>-`, which another run's ids may share (`nightly` vs `nightly-2`).
         if m.job.kind() != JobKind::Encode || m.job.run.as_ref().map(JobId::as_str) != Some(args.run.as_str()) {
             continue;
         }
-        let this = (m.model.name.clone(), m.model.version.clone());
-        match &model {
-            None => model = Some(this.clone()),
-            Some(first) if *first != this => bail!("{key}: model {}@{}, the run's first is {}@{}", this.0, this.1, first.0, first.1),
-            _ => {}
+        let this = crate::tools::dataset::Source {
+            model: m.model.name.clone(),
+            version: m.model.version.clone(),
+            // Manifests from before precision was recorded were all fp32.
+            precision: m.model.precision.unwrap_or_default(),
+        };
+        match &source {
+            None => source = Some(this),
+            Some(first) => crate::tools::dataset::Source::check_same(first, &this, key).map_err(|e| anyhow!(e))?,
         }
         let latents_key = m
             .outputs
@@ -228,7 +232,8 @@ pub fn dataset(args: DatasetArgs) -> Result<usize> {
             latent,
         });
     }
-    let (name, version) = model.ok_or_else(|| anyhow!("run {}: no encode job has finished", args.run))?;
+    let source = source.ok_or_else(|| anyhow!("run {}: no encode job has finished", args.run))?;
+    let (name, version) = (source.model.clone(), source.version.clone());
     let mut directions = Vec::new();
     if file.dataset.attribute_scores {
         let spec = file
@@ -242,7 +247,7 @@ pub fn dataset(args: DatasetArgs) -> Result<usize> {
         }
     }
     let images = rows.len();
-    let files = crate::tools::dataset::build(&args.run, (&name, &version), rows, &directions, file.dataset.rows_per_shard)
+    let files = crate::tools::dataset::build(&args.run, &source, rows, &directions, file.dataset.rows_per_shard)
         .map_err(|e| anyhow!(e))?;
     let dir = join_key(root, &format!("datasets/{}", args.run));
     rt.block_on(async {

@@ -11,6 +11,37 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
+/// What a dataset's latents come from: one model version at one precision. Latents of the same image at fp32 and
+/// at bf16 differ in their last bits (the coupling networks round differently), so rows of both in one table would
+/// make a dataset whose neighbours and statistics depend on which job ran where; a dataset holds one source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub model: String,
+    pub version: String,
+    pub precision: crate::precision::Precision,
+}
+
+impl Source {
+    /// `Ok` when `this` (the manifest at `key`) may join a dataset whose first row came from `first`; otherwise
+    /// why not, naming both.
+    pub fn check_same(first: &Source, this: &Source, key: &str) -> Result<(), String> {
+        if (&first.model, &first.version) != (&this.model, &this.version) {
+            return Err(format!(
+                "{key}: model {}@{}, the run's first is {}@{}",
+                this.model, this.version, first.model, first.version
+            ));
+        }
+        if first.precision != this.precision {
+            return Err(format!(
+                "{key}: encoded at {}, the run's first at {}: a dataset holds one precision (latents at fp32 and bf16 \
+                 differ in their last bits); encode the run again at one precision under another run id",
+                this.precision, first.precision
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One image of the dataset.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
@@ -109,7 +140,7 @@ fn shard(rows: &[Row], model: (&str, &str), dims: usize, directions: &[Direction
 /// The shards (`part-00000.parquet`, …) and `dataset.json` of a run, rows sorted by source key.
 pub fn build(
     run: &str,
-    model: (&str, &str),
+    source: &Source,
     mut rows: Vec<Row>,
     directions: &[Direction],
     rows_per_shard: usize,
@@ -120,7 +151,7 @@ pub fn build(
     let mut shards = Vec::new();
     for (i, chunk) in rows.chunks(rows_per_shard.max(1)).enumerate() {
         let name = format!("part-{i:05}.parquet");
-        let bytes = shard(chunk, model, dims, directions)?;
+        let bytes = shard(chunk, (&source.model, &source.version), dims, directions)?;
         let sha: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
         shards.push(json!({"file": name, "rows": chunk.len(), "bytes": bytes.len(), "sha256": sha}));
         files.push((name, bytes));
@@ -133,7 +164,8 @@ pub fn build(
     let manifest = json!({
         "version": 1,
         "run": run,
-        "model": {"name": model.0, "version": model.1},
+        "model": {"name": source.model, "version": source.version},
+        "precision": source.precision.as_str(),
         "rows": rows.len(),
         "latent_dims": dims,
         "attributes": directions.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
@@ -167,11 +199,12 @@ mod tests {
     #[test]
     fn shards_read_back_with_the_rows_sorted_and_scores_projected() {
         let d = Direction { name: "Smiling".into(), values: (0..12).map(|j| if j == 0 { 2.0 } else { 0.0 }).collect() };
-        let files = build("r", ("faces", "1"), rows(25), std::slice::from_ref(&d), 10).unwrap();
+        let files = build("r", &faces(), rows(25), std::slice::from_ref(&d), 10).unwrap();
         assert_eq!(files.iter().map(|f| f.0.as_str()).collect::<Vec<_>>(),
                    ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet", "dataset.json"]);
         let manifest: Value = serde_json::from_slice(&files[3].1).unwrap();
         assert_eq!(manifest["rows"], 25);
+        assert_eq!(manifest["precision"], "fp32");
         assert_eq!(manifest["shards"][2]["rows"], 5);
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(files[1].1.clone())).unwrap().build().unwrap();
         let batch = reader.map(|b| b.unwrap()).next().unwrap();
@@ -187,7 +220,26 @@ mod tests {
         // Same rows in another order: the same bytes.
         let mut shuffled = rows(25);
         shuffled.reverse();
-        assert_eq!(build("r", ("faces", "1"), shuffled, &[d], 10).unwrap(), files);
+        assert_eq!(build("r", &faces(), shuffled, &[d], 10).unwrap(), files);
+    }
+
+    fn faces() -> Source {
+        Source { model: "faces".into(), version: "1".into(), precision: crate::precision::Precision::Fp32 }
+    }
+
+    #[test]
+    fn a_dataset_holds_one_model_version_at_one_precision() {
+        use crate::precision::Precision;
+        let first = faces();
+        assert_eq!(Source::check_same(&first, &faces(), "k"), Ok(()));
+        let bf16 = Source { precision: Precision::Bf16, ..faces() };
+        let why = Source::check_same(&first, &bf16, "out/r-7/manifest.json").unwrap_err();
+        assert!(why.starts_with("out/r-7/manifest.json: encoded at bf16, the run's first at fp32: a dataset holds one precision"), "{why}");
+        let other = Source { version: "2".into(), ..faces() };
+        assert_eq!(Source::check_same(&first, &other, "k").unwrap_err(), "k: model faces@2, the run's first is faces@1");
+        let d = build("r", &bf16, rows(3), &[], 10).unwrap();
+        let manifest: Value = serde_json::from_slice(&d.last().unwrap().1).unwrap();
+        assert_eq!(manifest["precision"], "bf16");
     }
 
     #[test]
