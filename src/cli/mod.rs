@@ -62,7 +62,8 @@ enum Command {
     /// last value (so scripts can pass "$@" after their defaults), except repeatable ones like --set
     #[command(args_override_self = true)]
     Train(train::TrainArgs),
-    /// Tile images into one picture (rows of --cols), e.g. originals above their reconstructions
+    /// Tile images into one picture (rows of --cols), e.g. originals above their reconstructions; --label names
+    /// each row, --scale enlarges it
     Grid(picture::GridArgs),
     /// Import another implementation's checkpoint as a glowd model folder (rosinality/glow-pytorch state_dicts)
     Import(model::ImportArgs),

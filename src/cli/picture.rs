@@ -10,13 +10,20 @@ pub struct GridArgs {
     pub images: Vec<PathBuf>,
     #[arg(long, default_value_t = 8)]
     pub cols: usize,
+    /// Enlarge the written picture N times (nearest neighbour), tiles, gaps and labels alike
+    #[arg(long, default_value_t = 1)]
+    pub scale: u32,
+    /// A label for the next row, top to bottom (repeat it, one per row; "" leaves a row unlabelled), written in
+    /// a column on the left
+    #[arg(long = "label", value_name = "TEXT")]
+    pub labels: Vec<String>,
     #[arg(long)]
     pub out: PathBuf,
     
 }
 
 pub fn grid(args: GridArgs) -> Result<usize> {
-    let GridArgs { images, cols, out } = args;
+    let GridArgs { images, cols, scale, labels, out } = args;
     let mut tiles = Vec::new();
     let mut failed = 0;
     for path in &images {
@@ -41,7 +48,11 @@ pub fn grid(args: GridArgs) -> Result<usize> {
     if tiles.is_empty() {
         bail!("no image could be read");
     }
-    imageio::save_png(&imageio::grid(&tiles, cols), &out)?;
+    let rows = tiles.len().div_ceil(cols.max(1).min(tiles.len()));
+    if labels.len() > rows {
+        bail!("{} labels for {rows} rows of {} image(s) at --cols {cols}", labels.len(), tiles.len());
+    }
+    imageio::save_png_scaled(&imageio::grid_labelled(&tiles, cols, &labels), &out, scale)?;
     Ok(failed)
 
 }

@@ -121,18 +121,32 @@ pub fn pixels_to_image(p: &Pixels) -> DynamicImage {
 
 /// Tiles images (all the same size) into a grid with `cols` columns and a 2-pixel gap.
 pub fn grid(images: &[Pixels], cols: usize) -> DynamicImage {
+    grid_labelled(images, cols, &[])
+}
+
+/// [`grid`] with a column of row labels on its left: `labels[r]` is written beside row r (black on white, the
+/// [`label`](super::label) font, centred on the row's height); rows past the labels stay unlabelled. Without
+/// labels (or with only empty ones) the picture is exactly [`grid`]'s.
+pub fn grid_labelled(images: &[Pixels], cols: usize, labels: &[String]) -> DynamicImage {
+    use super::label;
     let cols = cols.max(1).min(images.len().max(1));
     let rows = images.len().div_ceil(cols);
     let size = images.first().map(|p| p.size).unwrap_or(1);
     let gap = 2;
-    let w = cols as u32 * (size + gap) + gap;
+    let widest = labels.iter().take(rows).map(|l| label::text_width(l)).max().unwrap_or(0);
+    let left = if widest == 0 { 0 } else { widest + 2 * gap };
+    let w = left + cols as u32 * (size + gap) + gap;
     let h = rows as u32 * (size + gap) + gap;
     let mut canvas = image::RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255]));
     for (i, p) in images.iter().enumerate() {
         let tile = pixels_to_image(p).to_rgb8();
-        let x = gap + (i % cols) as u32 * (size + gap);
+        let x = left + gap + (i % cols) as u32 * (size + gap);
         let y = gap + (i / cols) as u32 * (size + gap);
         image::imageops::replace(&mut canvas, &tile, x as i64, y as i64);
+    }
+    for (r, text) in labels.iter().enumerate().take(rows) {
+        let y = gap + r as u32 * (size + gap) + size.saturating_sub(label::CELL.1) / 2;
+        label::draw_text(&mut canvas, gap, y, text, image::Rgb([0, 0, 0]));
     }
     DynamicImage::ImageRgb8(canvas)
 }
@@ -180,6 +194,24 @@ pub fn is_image_path(p: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_widen_the_grid_on_the_left_and_leave_the_tiles_alone() {
+        let tile = |v: u8| Pixels { channels: 3, size: 10, data: vec![v; 300] };
+        let tiles = [tile(10), tile(20), tile(30)];
+        let plain = grid(&tiles, 2).to_rgb8();
+        assert_eq!(plain.dimensions(), (26, 26));
+        assert_eq!(grid_labelled(&tiles, 2, &[String::new()]).to_rgb8(), plain);
+        let labelled = grid_labelled(&tiles, 2, &["ab".into(), "c".into(), "unused".into()]).to_rgb8();
+        let left = crate::codec::label::text_width("ab") + 4;
+        assert_eq!(labelled.dimensions(), (26 + left, 26));
+        for (x, y) in [(2, 2), (14, 2), (2, 14)] {
+            assert_eq!(labelled.get_pixel(x + left, y), plain.get_pixel(x, y));
+        }
+        // The label column holds some black, and nothing else but white.
+        let column: Vec<[u8; 3]> = (0..left).flat_map(|x| (0..26).map(move |y| (x, y))).map(|(x, y)| labelled.get_pixel(x, y).0).collect();
+        assert!(column.contains(&[0, 0, 0]) && column.iter().all(|p| *p == [0, 0, 0] || *p == [255, 255, 255]));
+    }
 
     #[test]
     fn planes_round_trip_through_an_image() {
