@@ -176,6 +176,22 @@ fn png_response(bytes: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "image/png"), (header::CACHE_CONTROL, "no-store")], bytes).into_response()
 }
 
+/// The model the page shows first: the one the pipeline's `[submit]` job runs, when this studio serves it (so the
+/// Export tab's template matches the face on screen); otherwise the largest model with directions (the first of
+/// equals), so that `--model-dir models` opens on celeba-64, not on celeba-32 or the direction-less mnist-32.
+fn default_model(models: &[ModelInfo], submit_job: Option<&toml::Table>) -> usize {
+    let named = submit_job.and_then(|job| job.get("model")).and_then(|m| Some((m.get("name")?.as_str()?, m.get("version")?.as_str()?)));
+    if let Some(i) = named.and_then(|(n, v)| models.iter().position(|m| (m.name.as_str(), m.version.as_str()) == (n, v))) {
+        return i;
+    }
+    models
+        .iter()
+        .enumerate()
+        .max_by_key(|(i, m)| (!m.attributes.is_empty(), m.image_size, std::cmp::Reverse(*i)))
+        .map(|(i, _)| i)
+        .unwrap_or(0)
+}
+
 async fn info(State(s): State<Shared>) -> Json<Value> {
     let o = &s.opts;
     let submit_table = o.pipeline.as_ref().and_then(|(_, f)| f.submit.as_ref());
@@ -184,10 +200,7 @@ async fn info(State(s): State<Shared>) -> Json<Value> {
             "name": m.name, "version": m.version, "image_size": m.image_size, "channels": m.channels,
             "levels": m.levels, "attributes": m.attributes,
         })).collect::<Vec<_>>(),
-        // The face model shown first: one with directions, the largest such.
-        "default_model": s.engine.models.iter().enumerate()
-            .max_by_key(|(i, m)| (!m.attributes.is_empty(), m.image_size, std::cmp::Reverse(*i)))
-            .map(|(i, _)| i).unwrap_or(0),
+        "default_model": default_model(&s.engine.models, submit_table.map(|t| &t.job)),
         "device": s.engine.device,
         "precision": o.precision.as_str(),
         "max_strength": o.max_strength,
@@ -617,6 +630,40 @@ mod tests {
         assert!(confined(&root, "in/a.png").is_ok());
         for bad in ["../x", "/etc/passwd", "in/../../x", "in/out/passwd"] {
             assert!(confined(&root, bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_default_model_is_the_pipelines_else_the_largest_with_directions() {
+        let m = |name: &str, size: u32, attrs: &[&str]| ModelInfo {
+            name: name.into(),
+            version: "1".into(),
+            image_size: size,
+            channels: 3,
+            levels: 3,
+            latent_shapes: vec![],
+            attributes: attrs.iter().map(|a| a.to_string()).collect(),
+            fingerprint: String::new(),
+        };
+        // What `--model-dir models` discovers (sorted by name): celeba-64 is shown, not the direction-less mnist-32.
+        let repo = [m("celeba-32", 32, &["Smiling"]), m("celeba-64", 64, &["Smiling"]), m("mnist-32", 32, &[])];
+        assert_eq!(default_model(&repo, None), 1);
+        assert_eq!(default_model(&[m("big", 256, &[]), m("small", 32, &["Smiling"])], None), 1);
+        assert_eq!(default_model(&[m("a", 64, &["Smiling"]), m("b", 64, &["Smiling"])], None), 0);
+        assert_eq!(default_model(&[], None), 0);
+        let job = |name: &str, version: &str| -> toml::Table {
+            toml::from_str(&format!("kind = \"edit\"\nmodel = {{ name = \"{name}\", version = \"{version}\" }}")).unwrap()
+        };
+        assert_eq!(default_model(&repo, Some(&job("celeba-32", "1"))), 0);
+        // A [submit] model this studio does not serve (or another version of it) falls back to the rule.
+        assert_eq!(default_model(&repo, Some(&job("celeba-32", "2"))), 1);
+        assert_eq!(default_model(&repo, Some(&job("cats", "1"))), 1);
+        // The shipped pipeline files run celeba-64.
+        for file in ["bulk-edit", "latent-dataset", "nightly-augment", "local"] {
+            let text = std::fs::read_to_string(format!("{}/pipelines/{file}.toml", env!("CARGO_MANIFEST_DIR"))).unwrap();
+            let table: toml::Table = toml::from_str(&text).unwrap();
+            let submit = table["submit"]["job"].as_table().unwrap();
+            assert_eq!(default_model(&repo, Some(submit)), 1, "{file}");
         }
     }
 
