@@ -374,3 +374,47 @@ fn edits_that_decode_non_finite_are_error_lines_not_black_pictures() {
     assert!(stderr.contains("000001.jpg") && stderr.contains("Wearing_Hat=4"), "{stderr}");
     assert!(!sheet.exists(), "the only face's row was non-finite, so no sheet");
 }
+
+#[test]
+fn grid_scales_and_labels_its_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = write_images(tmp.path(), 3, 16);
+    let grid = tmp.path().join("grid.png");
+    let mut args = vec!["grid", "--cols", "2", "--out", s(&grid)];
+    args.extend(images.iter().map(|p| s(p)));
+    assert!(glowd(&args).status.success());
+    let plain = image::open(&grid).unwrap().to_rgb8();
+    assert_eq!(plain.dimensions(), (2 * 18 + 2, 2 * 18 + 2));
+
+    // --scale 2 is the same picture, each pixel drawn 2x2.
+    let big = tmp.path().join("big.png");
+    let mut scaled = args.clone();
+    scaled[4] = s(&big);
+    scaled.extend(["--scale", "2"]);
+    assert!(glowd(&scaled).status.success());
+    let big = image::open(&big).unwrap().to_rgb8();
+    assert_eq!(big.dimensions(), (2 * plain.width(), 2 * plain.height()));
+    assert!(plain.enumerate_pixels().all(|(x, y, p)| big.get_pixel(2 * x + 1, 2 * y + 1) == p));
+
+    // A label per row widens the picture on the left (one 5x7 glyph is 6 pixels wide); the tiles move along.
+    let labelled = tmp.path().join("labelled.png");
+    let mut with_labels = args.clone();
+    with_labels[4] = s(&labelled);
+    with_labels.extend(["--label", "ab", "--label", "c"]);
+    let out = glowd(&with_labels);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let labelled = image::open(&labelled).unwrap().to_rgb8();
+    let left = 2 * 6 - 1 + 4;
+    assert_eq!(labelled.dimensions(), (plain.width() + left, plain.height()));
+    assert_eq!(labelled.get_pixel(left + 2, 2), plain.get_pixel(2, 2));
+
+    // More labels than rows is an error that says so, before anything is written.
+    let none = tmp.path().join("none.png");
+    let mut too_many = args.clone();
+    too_many[4] = s(&none);
+    too_many.extend(["--label", "a", "--label", "b", "--label", "c"]);
+    let out = glowd(&too_many);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("3 labels for 2 rows"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!none.exists());
+}
