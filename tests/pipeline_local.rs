@@ -403,7 +403,7 @@ fn the_command_line_runs_jobs_and_exits_1_when_some_were_dead_lettered() {
     let run = common::bin::glowd()
         .args(["run", "--model-dir", &s(&models.join("faces")), "--jobs", &s(&jobs_file), "--input-dir", &s(&input)])
         .args(["--output-dir", &s(&out), "--crop", "0,0,32,40", "--max-batch", "2", "--threads", "1"])
-        .args(["--log-format", "json"])
+        .args(["--log-format", "json", "--precision", "bf16"])
         .env("GLOWD_LOG", "info")
         .output()
         .unwrap();
@@ -424,6 +424,9 @@ fn the_command_line_runs_jobs_and_exits_1_when_some_were_dead_lettered() {
     let summary: Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(summary, json!({"jobs": 2, "done": 1, "dead_lettered": 1, "abandoned": 0}));
     assert!(out.join("cli-edit/edited.png").is_file() && out.join("cli-edit/manifest.json").is_file());
+    // `--precision` on the command line is the pipeline's [batching] precision.
+    let manifest: Value = serde_json::from_slice(&std::fs::read(out.join("cli-edit/manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["model"]["precision"], "bf16", "{manifest}");
     let dead = std::fs::read_to_string(out.join("dead-letters.jsonl")).unwrap();
     assert!(dead.contains("not_json") && dead.contains("\"offset\":1"), "{dead}");
 }

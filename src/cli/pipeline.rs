@@ -47,6 +47,10 @@ pub struct RunArgs {
     /// Torch CPU threads (0: torch's default)
     #[arg(long)]
     threads: Option<i32>,
+    /// fp32, or bf16: coupling networks in bfloat16 (AMX CPUs, GPUs), the flow's state in float64 (overrides the
+    /// pipeline file's [batching] precision)
+    #[arg(long)]
+    precision: Option<crate::precision::Precision>,
 }
 
 fn parse_crop(s: &str) -> Result<[u32; 4], String> {
@@ -77,6 +81,9 @@ pub fn run(args: RunArgs) -> Result<usize> {
     }
     if let Some(t) = args.threads {
         settings.batching.threads = t;
+    }
+    if let Some(p) = args.precision {
+        settings.batching.precision = p;
     }
     let opts = EmbeddedOptions {
         model_dir: args.model_dir,
