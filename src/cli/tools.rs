@@ -4,7 +4,7 @@ use crate::job::{join_key, JobId, JobKind, Manifest, MediaType};
 use crate::settings::PipelineFile;
 use crate::tools::ops::{self, get, list, put, Services, SubmitRequest};
 use crate::tools::submit::{self, SubmitSettings};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
