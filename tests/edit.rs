@@ -82,6 +82,22 @@ fn directions_round_trip_and_refuse_another_model() {
     assert!(err.contains("another model"), "{err}");
 }
 
+/// CelebA faces `range` (in the attribute file's order) cropped to the face box and resized to `size`, with their
+/// 0/1 labels for attribute column `attribute`.
+fn labelled_faces(
+    celeba: &std::path::Path,
+    attrs: &glowd::data::attributes::Attributes,
+    attribute: usize,
+    size: u32,
+    range: std::ops::Range<usize>,
+) -> (Tensor, Tensor) {
+    let fit = Fit { crop: Some((10, 25, 80, 95)), resize: true };
+    let imgs: Vec<_> =
+        range.clone().map(|i| load_image(&celeba.join("img").join(&attrs.files[i]), 3, size, fit).unwrap()).collect();
+    let labels: Vec<f32> = range.map(|i| if attrs.values[i][attribute] == Some(true) { 1.0 } else { 0.0 }).collect();
+    (pixels_to_tensor(&imgs), Tensor::from_slice(&labels))
+}
+
 fn shared_celeba() -> Option<PathBuf> {
     let root = std::env::var("GLOWD_SHARED_DATA")
         .map(PathBuf::from)
@@ -132,15 +148,7 @@ fn smiling_direction_makes_held_out_faces_smile_by_an_independent_classifier() {
     let glow = Glow::load(&model_dir, Device::Cpu).expect("the committed face model models/celeba-32");
     let attrs = read_celeba(&celeba.join("list_attr_celeba.txt")).unwrap();
     let smiling = attrs.index("Smiling").unwrap();
-    let fit = Fit { crop: Some((10, 25, 80, 95)), resize: true };
-    let load = |range: std::ops::Range<usize>| {
-        let imgs: Vec<_> = range
-            .clone()
-            .map(|i| load_image(&celeba.join("img").join(&attrs.files[i]), 3, 32, fit).unwrap())
-            .collect();
-        let labels: Vec<f32> = range.map(|i| if attrs.values[i][smiling] == Some(true) { 1.0 } else { 0.0 }).collect();
-        (pixels_to_tensor(&imgs), Tensor::from_slice(&labels))
-    };
+    let load = |range| labelled_faces(&celeba, &attrs, smiling, 32, range);
     // First half: learn the direction and the classifier. Second half: held out.
     let (train_px, train_y) = load(0..2000);
     let (test_px, test_y) = load(4000..4200);
@@ -190,15 +198,7 @@ fn celeba_64_smiling_at_plus_1_makes_unseen_faces_smile_by_an_independent_classi
     let dirs = Directions::load(&model_dir, &glow.config).unwrap().expect("celeba-64's directions");
     let attrs = read_celeba(&celeba.join("list_attr_celeba.txt")).unwrap();
     let smiling = attrs.index("Smiling").unwrap();
-    let fit = Fit { crop: Some((10, 25, 80, 95)), resize: true };
-    let load = |range: std::ops::Range<usize>| {
-        let imgs: Vec<_> = range
-            .clone()
-            .map(|i| load_image(&celeba.join("img").join(&attrs.files[i]), 3, 64, fit).unwrap())
-            .collect();
-        let labels: Vec<f32> = range.map(|i| if attrs.values[i][smiling] == Some(true) { 1.0 } else { 0.0 }).collect();
-        (pixels_to_tensor(&imgs), Tensor::from_slice(&labels))
-    };
+    let load = |range| labelled_faces(&celeba, &attrs, smiling, 64, range);
     // The judge learns from labelled faces 1-3,000 (thumbnails only: it never sees the model).
     let (train_px, train_y) = load(0..3000);
     let (test_px, test_y) = load(4000..4300);

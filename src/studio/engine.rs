@@ -8,7 +8,7 @@
 use crate::codec::image::Pixels;
 use crate::model::batch::{pixels_to_tensor, tensor_to_pixels};
 use crate::model::device::{device_name, parse_device};
-use crate::model::directions::{self, model_fingerprint, Directions};
+use crate::model::directions::{self, Directions};
 use crate::model::Glow;
 use crate::precision::Precision;
 use crate::worker::{ModelInfo, ModelSpec};
@@ -146,20 +146,8 @@ fn load(specs: &[ModelSpec], device: &str, precision: Precision) -> Result<(Stri
     let mut infos = Vec::new();
     for spec in specs {
         let fail = |e: String| format!("model {} {} ({}): {e}", spec.name, spec.version, spec.path.display());
-        let glow = Glow::load(&spec.path, dev).map_err(|e| fail(e.to_string()))?.with_precision(precision);
-        let directions = Directions::load(&spec.path, &glow.config).map_err(|e| fail(e.to_string()))?;
-        let fingerprint = model_fingerprint(&spec.path).map_err(|e| fail(e.to_string()))?;
-        let c = &glow.config;
-        infos.push(ModelInfo {
-            name: spec.name.clone(),
-            version: spec.version.clone(),
-            image_size: c.image_size as u32,
-            channels: c.channels as u8,
-            levels: c.levels as usize,
-            latent_shapes: c.latent_shapes().iter().map(|&(a, b, d)| [a as usize, b as usize, d as usize]).collect(),
-            attributes: directions.as_ref().map(|d| d.vectors.keys().cloned().collect()).unwrap_or_default(),
-            fingerprint: fingerprint.rsplit(':').next().unwrap_or(&fingerprint).to_string(),
-        });
+        let (glow, directions, info) = crate::worker::load_model(spec, dev, precision).map_err(fail)?;
+        infos.push(info);
         loaded.push(Loaded { glow, directions });
     }
     Ok((device_name(dev), loaded, infos))

@@ -40,20 +40,8 @@ pub(super) fn load_models(
             path: spec.path.display().to_string(),
             message: m,
         };
-        let glow = Glow::load(&spec.path, device).map_err(|e| fail(e.to_string()))?.with_precision(precision);
-        let directions = Directions::load(&spec.path, &glow.config).map_err(|e| fail(e.to_string()))?;
-        let fingerprint = model_fingerprint(&spec.path).map_err(|e| fail(e.to_string()))?;
+        let (glow, directions, info) = load_model(spec, device, precision).map_err(fail)?;
         let c = &glow.config;
-        let info = ModelInfo {
-            name: spec.name.clone(),
-            version: spec.version.clone(),
-            image_size: c.image_size as u32,
-            channels: c.channels as u8,
-            levels: c.levels as usize,
-            latent_shapes: c.latent_shapes().iter().map(|&(a, b, d)| [a as usize, b as usize, d as usize]).collect(),
-            attributes: directions.as_ref().map(|d| d.vectors.keys().cloned().collect()).unwrap_or_default(),
-            fingerprint: fingerprint.rsplit(':').next().unwrap_or(&fingerprint).to_string(),
-        };
         // Warm-up at the largest batch: allocations and kernel choices happen now, not on the first job, and a
         // batch size the device cannot hold fails here instead of in service.
         let s = c.image_size;
@@ -76,6 +64,30 @@ pub(super) fn load_models(
         out.push(LoadedModel { glow, directions, info });
     }
     Ok((device, out, slowest_pass))
+}
+
+/// One model folder at `precision` on `device`: the model, its attribute directions, and what the pipeline (or the
+/// studio) knows of it. The error is the message only; callers say which model.
+pub fn load_model(
+    spec: &ModelSpec,
+    device: Device,
+    precision: crate::precision::Precision,
+) -> Result<(Glow, Option<Directions>, ModelInfo), String> {
+    let glow = Glow::load(&spec.path, device).map_err(|e| e.to_string())?.with_precision(precision);
+    let directions = Directions::load(&spec.path, &glow.config).map_err(|e| e.to_string())?;
+    let fingerprint = model_fingerprint(&spec.path).map_err(|e| e.to_string())?;
+    let c = &glow.config;
+    let info = ModelInfo {
+        name: spec.name.clone(),
+        version: spec.version.clone(),
+        image_size: c.image_size as u32,
+        channels: c.channels as u8,
+        levels: c.levels as usize,
+        latent_shapes: c.latent_shapes().iter().map(|&(a, b, d)| [a as usize, b as usize, d as usize]).collect(),
+        attributes: directions.as_ref().map(|d| d.vectors.keys().cloned().collect()).unwrap_or_default(),
+        fingerprint: fingerprint.rsplit(':').next().unwrap_or(&fingerprint).to_string(),
+    };
+    Ok((glow, directions, info))
 }
 
 pub(super) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {

@@ -16,7 +16,7 @@ mod exec;
 mod op;
 mod watch;
 
-pub use exec::{augment_mixes, augment_noise_seed};
+pub use exec::{augment_mixes, augment_noise_seed, load_model};
 #[cfg(test)]
 pub(crate) use exec::serve_batches;
 pub use op::*;
