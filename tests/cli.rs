@@ -418,3 +418,20 @@ fn grid_scales_and_labels_its_rows() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("3 labels for 2 rows"), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!none.exists());
 }
+
+#[test]
+fn bench_prints_images_per_second_the_cpu_and_both_conv_peaks() {
+    let out = glowd(&["bench", "--preset", "tiny", "--batch", "2", "--iters", "1", "--threads", "1", "--precision", "bf16"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let number_after = |prefix: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no `{prefix}` in:\n{text}"));
+        line[prefix.len()..].split_whitespace().next().unwrap().trim_end_matches(',').parse().unwrap()
+    };
+    assert!(number_after("encode images/s:") > 0.0, "{text}");
+    assert!(number_after("decode images/s:") > 0.0, "{text}");
+    assert!(text.contains("precision bf16"), "{text}");
+    assert!(number_after("conv peak GFLOP/s: fp32") > 0.0, "{text}");
+    let cpu = text.lines().find(|l| l.starts_with("cpu: ")).expect("a cpu line");
+    assert!(cpu.contains("; bf16 units: "), "{cpu}");
+}
