@@ -145,6 +145,8 @@ fn every_kind_end_to_end_and_bad_inputs_to_the_dlq() {
         "glowd_batch_size",
         "glowd_stage_seconds",
         "glowd_partitions_assigned",
+        // Set before its first 5-s wait: this run may be shorter than that.
+        "glowd_poll_silence_seconds",
     ] {
         assert!(metrics.contains(series), "{series} missing from /metrics:\n{metrics}");
     }

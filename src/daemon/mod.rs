@@ -35,8 +35,8 @@ pub const SELF_TEST_KEY: &str = ".glowd/conditional-write-probe";
 /// scrapes (compose, a cluster without Prometheus) grows by every job's timings, found by the G7 soak at about
 /// 20 MiB/h.
 const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
-/// How often the poll-silence gauge is refreshed.
-const POLL_GAUGE_EVERY: Duration = Duration::from_secs(5);
+/// How often the poll-silence and device gauges are refreshed.
+const GAUGES_EVERY: Duration = Duration::from_secs(5);
 /// How long the consumer may take to close after a fatal Kafka error (the broker refuses it, so the final commit
 /// and the leave cannot succeed; librdkafka would wait for them up to the session timeout).
 const FATAL_CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -92,12 +92,15 @@ pub fn serve(config_path: &Path) -> Result<RunSummary, StartError> {
         let _ = health.source.set(started.source.state.clone());
         let _ = health.store.set(started.pipeline.store_health());
         let _ = health.devices.set(started.device_watches.clone());
-        // The device gauges move without anyone probing (a scrape reads them; the probe also refreshes them).
+        // The poll-silence and device gauges move without anyone probing (a scrape only reads them; the probe also
+        // refreshes the device ones). Set before the first wait, so that a run shorter than one period shows them.
         let watches = started.device_watches.clone();
+        let source_state = started.source.state.clone();
         tokio::spawn(async move {
             loop {
+                metrics::gauge!("glowd_poll_silence_seconds").set(source_state.seconds_since_poll());
                 http::check_devices(&watches);
-                tokio::time::sleep(POLL_GAUGE_EVERY).await;
+                tokio::time::sleep(GAUGES_EVERY).await;
             }
         });
         health.ready.store(true, Ordering::SeqCst);
@@ -155,13 +158,6 @@ async fn start(c: &Checked) -> Result<Started, StartError> {
     let (tx, jobs) = tokio::sync::mpsc::channel(c.kafka.buffer.max(1));
     let ack = AckConfig { max_in_flight_per_partition: c.file.pipeline.limits.max_in_flight_jobs.max(1) };
     let source = KafkaSource::start(&c.kafka, ack, tx).map_err(StartError::Kafka)?;
-    let gauge_state = source.state.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(POLL_GAUGE_EVERY).await;
-            metrics::gauge!("glowd_poll_silence_seconds").set(gauge_state.seconds_since_poll());
-        }
-    });
     tracing::info!(models = workers[0].models.len(), devices = workers.len(), "ready");
     let device_watches = workers.iter().map(|w| w.watch.clone()).collect();
     Ok(Started { pipeline, source, jobs, device_watches })
