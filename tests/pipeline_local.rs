@@ -372,6 +372,9 @@ fn bf16_reruns_write_identical_bytes_and_record_their_precision() {
         } else if k.ends_with(".safetensors") {
             let (_, meta) = safetensors::SafeTensors::read_metadata(v).unwrap();
             assert_eq!(meta.metadata().as_ref().unwrap()["precision"], "bf16", "{k}");
+            // The float64 state, whole: decoding these gives the encoded picture back bit for bit.
+            let st = safetensors::SafeTensors::deserialize(v).unwrap();
+            assert!(st.tensors().iter().all(|(_, t)| t.dtype() == safetensors::Dtype::F64), "{k}");
             latents += 1;
         }
     }

@@ -66,6 +66,35 @@ fn bf16_round_trips_every_celeba_face_bit_for_bit() {
     assert_eq!(total, (0, 0), "bf16 decode(encode(x)) must give x back bit for bit");
 }
 
+/// A latents file carries a bf16 model's float64 state as F64, so `glowd decode` of `glowd encode`'s files gives the
+/// faces back bit for bit too (as F32, 21 of the first 300 faces lost pixels).
+#[test]
+fn bf16_latents_files_decode_back_to_the_encoded_faces_bit_for_bit() {
+    use glowd::model::latents_file::{read_latents, write_latents};
+    let Some(celeba) = shared_celeba() else { return };
+    let glow = committed_face_model().with_precision(Precision::Bf16);
+    let dir = tempfile::tempdir().unwrap();
+    let n = 1000;
+    let (mut bad_pixels, mut bad_images) = (0, 0);
+    for start in (0..n).step_by(100) {
+        let x = faces(&celeba, start..start + 100, glow.config.image_size as u32);
+        let z = glow.encode(&x).unwrap().z;
+        let mut read: Vec<Vec<Tensor>> = Vec::new();
+        for i in 0..100 {
+            let path = dir.path().join(format!("{}.safetensors", start + i));
+            let one: Vec<Tensor> = z.iter().map(|t| t.narrow(0, i as i64, 1).squeeze_dim(0)).collect();
+            write_latents(&path, &one, 0.0, Precision::Bf16).unwrap();
+            read.push(read_latents(&path, &glow.config).unwrap());
+        }
+        let levels: Vec<Tensor> =
+            (0..z.len()).map(|l| Tensor::cat(&read.iter().map(|r| &r[l]).collect::<Vec<_>>(), 0)).collect();
+        let differ = glow.decode(&levels).unwrap().ne_tensor(&x);
+        bad_pixels += differ.sum(Kind::Int64).int64_value(&[]);
+        bad_images += differ.flatten(1, -1).any_dim(1, false).sum(Kind::Int64).int64_value(&[]);
+    }
+    eprintln!("bf16 latents files of {n} faces: {bad_pixels} pixels of {bad_images} images differ after decode");
+    assert_eq!((bad_pixels, bad_images), (0, 0), "decoding a bf16 latents file must give the encoded face back");
+}
 
 /// The held-out faces of the committed model's training run (glowd's fixed 5% name-hash split).
 fn held_out(celeba: &std::path::Path, size: u32) -> Tensor {

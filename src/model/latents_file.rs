@@ -1,22 +1,24 @@
 //! One image's latents as a file ([`crate::codec::latents`] holds the format), from and to tensors.
 use super::config::GlowConfig;
 use super::error::{ModelError, Result};
-use super::weights::{tensor_from_f32, tensor_to_f32};
-use crate::codec::latents::{from_bytes, to_bytes, LatentData};
+use crate::codec::latents::{from_bytes, to_bytes, LatentData, LatentDtype};
 use std::path::Path;
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
 pub use crate::codec::latents::LATENTS_FORMAT;
 
-/// Plain numbers of level tensors (each `(c, h, w)` or `(1, c, h, w)`).
+/// Plain numbers of level tensors (each `(c, h, w)` or `(1, c, h, w)`): F64 when the tensors are float64 (a bf16
+/// model's state, which decode needs to the last bit), else F32.
 pub fn latent_data(z: &[Tensor]) -> LatentData {
+    let dtype = if z.first().is_some_and(|t| t.kind() == Kind::Double) { LatentDtype::F64 } else { LatentDtype::F32 };
     LatentData {
+        dtype,
         levels: z
             .iter()
             .map(|t| {
                 let s = t.size();
                 let shape = [s[s.len() - 3] as usize, s[s.len() - 2] as usize, s[s.len() - 1] as usize];
-                (shape, tensor_to_f32(t))
+                (shape, tensor_to_f64(t))
             })
             .collect(),
     }
@@ -45,7 +47,19 @@ pub fn read_latents(path: &Path, config: &GlowConfig) -> Result<Vec<Tensor>> {
         if found != [*c, *h, *w] {
             return Err(ModelError::ShapeMismatch { path: path.into(), name: format!("z.{i}"), expected: vec![*c, *h, *w], found });
         }
-        out.push(tensor_from_f32(&found, values).unsqueeze(0));
+        // F32 files come back as float32 tensors, F64 ones as float64; decode takes either to its state's kind.
+        let t = Tensor::from_slice(values).view(found.as_slice());
+        out.push(match data.dtype {
+            LatentDtype::F32 => t.to_kind(Kind::Float),
+            LatentDtype::F64 => t,
+        }
+        .unsqueeze(0));
     }
     Ok(out)
+}
+
+/// Float64 contents of a tensor, row-major, on the CPU.
+fn tensor_to_f64(t: &Tensor) -> Vec<f64> {
+    let flat = t.detach().to_device(Device::Cpu).to_kind(Kind::Double).contiguous().view([-1]);
+    Vec::<f64>::try_from(&flat).expect("double tensor")
 }

@@ -58,21 +58,14 @@ pub struct Direction {
     pub values: Vec<f32>,
 }
 
-/// Reads an encode job's `latents.safetensors` (`z.0` … `z.{L-1}`) into one flat vector.
+/// Reads an encode job's `latents.safetensors` (`z.0` … `z.{L-1}`) into one flat float32 vector, the dataset's
+/// column: the F64 latents of a bf16 model are rounded to float32 here (`dataset.json` says which precision).
 pub fn flatten_latents(bytes: &[u8]) -> Result<Vec<f32>, String> {
-    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format!("latents: {e}"))?;
-    let mut out = Vec::new();
-    for level in 0.. {
-        let Ok(t) = st.tensor(&format!("z.{level}")) else { break };
-        if t.dtype() != safetensors::Dtype::F32 {
-            return Err(format!("latents: z.{level} is {:?}, expected F32", t.dtype()));
-        }
-        out.extend(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
-    }
-    if out.is_empty() {
+    let (data, _) = crate::codec::latents::from_bytes(bytes).map_err(|e| format!("latents: {e}"))?;
+    if data.levels.is_empty() {
         return Err("latents: no z.0 tensor".into());
     }
-    Ok(out)
+    Ok(data.flat_f32())
 }
 
 /// ⟨z, d⟩ / |d|: where the image sits along an attribute direction (the score `glowd directions` reports).
