@@ -84,7 +84,8 @@ enum Command {
     Dataset(tools::DatasetArgs),
     /// Compare the pixels of image pairs (a1 b1 a2 b2 ...): prints the differences, exit 1 if any pair differs
     Compare(picture::CompareArgs),
-    /// Encode/decode throughput on a preset with random weights, and this machine's convolution throughput
+    /// Encode/decode throughput on a preset with random weights; the CPU and its bf16 units, and this machine's
+    /// convolution throughput at fp32 and bf16 (their ratio is the most bf16 can gain here)
     Bench(model::BenchArgs),
     /// A web page to try edits on faces (sliders per attribute), interpolate, sample, export the run's [submit]
     /// template and command, and watch runs (with --pipeline); `--bench N` prints its slider-to-picture latency
