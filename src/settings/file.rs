@@ -283,6 +283,7 @@ mod env_overrides {
             ("GLOWD__LIMITS__MAX_IN_FLIGHT_JOBS", "8"),
             ("GLOWD__OUTPUT__PREFIX", "nightly/2026"),
             ("GLOWD__BATCHING__DEVICES", "[\"cuda:0\", \"cuda:1\"]"),
+            ("GLOWD__BATCHING__PRECISION", "bf16"),
             ("HOME", "/root"),
         ];
         super::override_from_env(&mut v, vars.iter().map(|(a, b)| (a.to_string(), b.to_string()))).unwrap();
@@ -290,6 +291,7 @@ mod env_overrides {
         assert_eq!(f.pipeline.limits.max_in_flight_jobs, 8);
         assert_eq!(f.pipeline.output.prefix, "nightly/2026");
         assert_eq!(f.pipeline.batching.devices, ["cuda:0", "cuda:1"]);
+        assert_eq!(f.pipeline.batching.precision, crate::precision::Precision::Bf16);
         let mut v: toml::Value = toml::from_str(text).unwrap();
         super::override_from_env(&mut v, std::iter::once(("GLOWD__LIMITS__MAX_INFLIGHT".into(), "3".into()))).unwrap();
         let e = super::PipelineFile::from_value(v, std::path::Path::new("."), &|_| None).unwrap_err();
