@@ -3,10 +3,12 @@
 //!
 //! The flow's invertibility does not depend on how precisely the coupling *networks* compute: `y_b = x_b + t(x_a)`
 //! (or `(x_b + t)·s`) is undone from the same network outputs whatever their rounding, as long as decode feeds the
-//! network the same `x_a` that encode did. So `bf16` runs only the networks' convolutions in bfloat16 (AMX/oneDNN on
-//! CPU, tensor cores on GPU) and keeps every invertible part (ActNorm, the 1x1 convolution and its float64-built
-//! inverse, the coupling arithmetic, squeeze/split, priors, log-determinants, the likelihood) in float32. See
-//! the README's "Precision" section for how the cut was chosen and measured.
+//! network the same `x_a` that encode did, to the bit. So `bf16` runs only the networks' convolutions in bfloat16
+//! (oneDNN on CPUs with AMX-BF16 or AVX512-BF16, tensor cores on GPUs) and keeps every invertible part out of it: at
+//! inference the flow's state, ActNorm with the 1x1 convolution and its inverse, the coupling arithmetic and the
+//! latents in float64 (a float32 state let decode land on the other side of a bf16 rounding now and then), priors,
+//! log-determinants and the likelihood in float32 or better. See the README's "Precision" section for how the cut
+//! was chosen and measured.
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -17,7 +19,8 @@ pub enum Precision {
     /// Everything in float32 (the default).
     #[default]
     Fp32,
-    /// Coupling networks in bfloat16 with float32 inputs/outputs; everything invertible in float32.
+    /// Coupling networks in bfloat16; everything invertible outside them, in float64 at inference (float32 master
+    /// weights, loss and log-determinants in training).
     Bf16,
 }
 

@@ -15,7 +15,8 @@ pub struct Runtime {
     /// CPU threads for torch (0: torch's default)
     #[arg(long, default_value_t = 0, global = true)]
     pub(crate) threads: i32,
-    /// fp32, or bf16: coupling networks in bfloat16 (AMX CPUs, GPUs), the invertible parts in float32/float64
+    /// fp32, or bf16: coupling networks in bfloat16 (CPUs with AMX-BF16 or AVX512-BF16, GPUs), the invertible parts
+    /// in float32/float64
     #[arg(long, default_value = "fp32", global = true)]
     pub(crate) precision: Precision,
 }

@@ -47,8 +47,8 @@ pub struct RunArgs {
     /// Torch CPU threads (0: torch's default)
     #[arg(long)]
     threads: Option<i32>,
-    /// fp32, or bf16: coupling networks in bfloat16 (AMX CPUs, GPUs), the flow's state in float64 (overrides the
-    /// pipeline file's [batching] precision)
+    /// fp32, or bf16: coupling networks in bfloat16 (CPUs with AMX-BF16 or AVX512-BF16, GPUs), the flow's state in
+    /// float64 (overrides the pipeline file's [batching] precision)
     #[arg(long)]
     precision: Option<crate::precision::Precision>,
 }

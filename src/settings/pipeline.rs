@@ -88,7 +88,8 @@ pub struct BatchSettings {
     pub devices: Vec<String>,
     /// Torch CPU threads (0: torch's default).
     pub threads: i32,
-    /// `fp32`, or `bf16`: the coupling networks in bfloat16 (AMX CPUs, GPUs), the invertible parts in float32/64.
+    /// `fp32`, or `bf16`: the coupling networks in bfloat16 (CPUs with AMX-BF16 or AVX512-BF16, GPUs), the
+    /// invertible parts in float32/64.
     /// Recorded in every manifest, result record and latents file.
     pub precision: crate::precision::Precision,
     /// The device watchdog: a forward pass running longer than this many seconds is a hung device, and `/healthz`
