@@ -35,18 +35,22 @@ fn committed_face_model() -> Glow {
     Glow::load(&dir, Device::Cpu).expect("the committed face model models/celeba-32")
 }
 
-/// Pixels (of `n` images) that do not come back from decode(encode(x)), and the worst error per level of the float
-/// output, for a report when the assertion fails.
+/// Pixels, and images, of `back` that differ from `x` (both `(N, C, H, W)` u8).
+fn differences(back: &Tensor, x: &Tensor) -> (i64, i64) {
+    let differ = back.ne_tensor(x);
+    (differ.sum(Kind::Int64).int64_value(&[]), differ.flatten(1, -1).any_dim(1, false).sum(Kind::Int64).int64_value(&[]))
+}
+
+/// Pixels and images (of `n`) that do not come back from decode(encode(x)).
 fn round_trip_failures(glow: &Glow, pixels: &Tensor, batch: i64) -> (i64, i64) {
     let n = pixels.size()[0];
     let (mut bad_pixels, mut bad_images) = (0, 0);
     for start in (0..n).step_by(batch as usize) {
         let x = pixels.narrow(0, start, batch.min(n - start));
         let z = glow.encode(&x).unwrap().z;
-        let back = glow.decode(&z).unwrap();
-        let differ = back.ne_tensor(&x);
-        bad_pixels += differ.sum(Kind::Int64).int64_value(&[]);
-        bad_images += differ.flatten(1, -1).any_dim(1, false).sum(Kind::Int64).int64_value(&[]);
+        let (p, i) = differences(&glow.decode(&z).unwrap(), &x);
+        bad_pixels += p;
+        bad_images += i;
     }
     (bad_pixels, bad_images)
 }
@@ -88,9 +92,9 @@ fn bf16_latents_files_decode_back_to_the_encoded_faces_bit_for_bit() {
         }
         let levels: Vec<Tensor> =
             (0..z.len()).map(|l| Tensor::cat(&read.iter().map(|r| &r[l]).collect::<Vec<_>>(), 0)).collect();
-        let differ = glow.decode(&levels).unwrap().ne_tensor(&x);
-        bad_pixels += differ.sum(Kind::Int64).int64_value(&[]);
-        bad_images += differ.flatten(1, -1).any_dim(1, false).sum(Kind::Int64).int64_value(&[]);
+        let (p, i) = differences(&glow.decode(&levels).unwrap(), &x);
+        bad_pixels += p;
+        bad_images += i;
     }
     eprintln!("bf16 latents files of {n} faces: {bad_pixels} pixels of {bad_images} images differ after decode");
     assert_eq!((bad_pixels, bad_images), (0, 0), "decoding a bf16 latents file must give the encoded face back");
